@@ -1,0 +1,183 @@
+"""Architecture: the one canonical, JSON-serialisable description of a discrete cell architecture.
+
+A cell is a DAG: each `Edge` carries one operation from node `src` to node `dst`. An `Architecture` holds one `Cell` per
+cell type ("cell" for NAS-Bench-201; "normal" and "reduce" for the DARTS space) and the name of its search space.
+Text codecs (the NAS-Bench-201 arch string here, the DARTS genotype in `genotype.py`) parse with a grammar and never
+`eval` anything.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UserError
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+NB201_NODES = 4  # node 0 is the cell input, node 3 its output
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: int
+    dst: int
+    op: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    edges: tuple[Edge, ...]
+    concat: tuple[int, ...] = ()  # nodes joined into the cell output (DARTS); empty means "the last node" (NB201)
+
+    def op_on(self, src: int, dst: int) -> str | None:
+        for e in self.edges:
+            if (e.src, e.dst) == (src, dst):
+                return e.op
+        return None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    space: str
+    cells: tuple[tuple[str, Cell], ...]
+
+    # -- access ---------------------------------------------------------------------------------------------------
+    def cell(self, cell_type: str) -> Cell:
+        for name, c in self.cells:
+            if name == cell_type:
+                return c
+        raise KeyError(cell_type)
+
+    @property
+    def cell_types(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.cells)
+
+    # -- JSON -----------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "space": self.space,
+            "cells": {
+                name: {"edges": [[e.src, e.dst, e.op] for e in c.edges], "concat": list(c.concat)}
+                for name, c in self.cells
+            },
+            "text": str(self),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Architecture":
+        try:
+            if not isinstance(d, dict) or not isinstance(d.get("cells"), dict) or not isinstance(d.get("space"), str):
+                raise ValueError("expected an object with 'space' and 'cells'")
+            cells = []
+            for name, c in d["cells"].items():
+                edges = tuple(Edge(int(s), int(t), str(op)) for s, t, op in c["edges"])
+                cells.append((str(name), Cell(edges, tuple(int(n) for n in c.get("concat", ())))))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"not an archselect architecture: {e}") from None
+        arch = cls(d["space"], tuple(cells))
+        validate(arch)
+        return arch
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Architecture":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise UserError(f"architecture file is not valid JSON: {e}") from None
+
+    # -- NAS-Bench-201 arch string -----------------------------------------------------------------------------------
+    @classmethod
+    def from_nb201_string(cls, text: str) -> "Architecture":
+        return parse_nb201(text)
+
+    def to_nb201_string(self) -> str:
+        if self.space != "nb201":
+            raise UserError(f"a {self.space} architecture has no NAS-Bench-201 string")
+        cell = self.cell("cell")
+        groups = []
+        for dst in range(1, NB201_NODES):
+            ops = [f"{cell.op_on(src, dst)}~{src}" for src in range(dst)]
+            groups.append("|" + "|".join(ops) + "|")
+        return "+".join(groups)
+
+    def __str__(self) -> str:
+        if self.space == "nb201":
+            return self.to_nb201_string()
+        from .genotype import to_genotype_string  # the DARTS codec lives in its own module
+
+        return to_genotype_string(self)
+
+
+def parse_nb201(text: str) -> Architecture:
+    """Parse `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` strictly: three node groups, node i has one edge from each j < i."""
+    if not isinstance(text, str):
+        raise UserError("NAS-Bench-201 arch string must be text")
+    s = text.strip()
+    groups = s.split("+")
+    if len(groups) != NB201_NODES - 1:
+        raise UserError(f"bad NAS-Bench-201 arch string {text!r}: expected 3 node groups joined by '+', got {len(groups)}")
+    edges = []
+    for dst, group in enumerate(groups, start=1):
+        if len(group) < 2 or not (group.startswith("|") and group.endswith("|")):
+            raise UserError(f"bad NAS-Bench-201 arch string {text!r}: node {dst} group {group!r} must be '|op~j|...|'")
+        items = group[1:-1].split("|")
+        if len(items) != dst:
+            raise UserError(f"bad NAS-Bench-201 arch string {text!r}: node {dst} needs {dst} inputs, got {len(items)}")
+        seen = set()
+        for item in items:
+            op, sep, src_text = item.partition("~")
+            if not sep or not src_text.isdigit() or src_text != str(int(src_text)):
+                raise UserError(f"bad NAS-Bench-201 arch string {text!r}: {item!r} is not 'op~node'")
+            src = int(src_text)
+            if op not in NB201_OPS:
+                raise UserError(f"unknown NAS-Bench-201 operation {op!r} in {text!r}; choose one of: {', '.join(NB201_OPS)}")
+            if src >= dst:
+                raise UserError(f"bad NAS-Bench-201 arch string {text!r}: node {dst} cannot take input from node {src}")
+            if src in seen:
+                raise UserError(f"bad NAS-Bench-201 arch string {text!r}: node {dst} takes node {src} twice")
+            seen.add(src)
+            edges.append(Edge(src, dst, op))
+    edges.sort(key=lambda e: (e.dst, e.src))
+    return Architecture("nb201", (("cell", Cell(tuple(edges))),))
+
+
+def validate(arch: Architecture) -> None:
+    """Check an Architecture built from JSON against its space's rules (ops, node references)."""
+    if arch.space == "nb201":
+        if arch.cell_types != ("cell",):
+            raise UserError("a nb201 architecture has exactly one cell type, 'cell'")
+        parse_nb201(arch.to_nb201_string())  # re-parse: checks ops and that every edge is present once
+        if len(arch.cell("cell").edges) != 6:
+            raise UserError("a nb201 architecture has exactly 6 edges")
+        return
+    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201")
+
+
+def load_architecture(spec: str) -> Architecture:
+    """An architecture from a JSON file path, a NAS-Bench-201 string or a DARTS genotype string."""
+    from pathlib import Path
+
+    s = spec.strip()
+    if s.startswith("|"):
+        return parse_nb201(s)
+    if s.startswith("Genotype"):
+        from .genotype import parse_genotype
+
+        return parse_genotype(s)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"{spec!r} is neither an architecture file, a NAS-Bench-201 string nor a genotype")
+    data = path.read_text()
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(obj, dict) and "architecture" in obj:  # a result.json or selection file
+        obj = obj["architecture"]
+    return Architecture.from_dict(obj)

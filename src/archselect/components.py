@@ -1,0 +1,61 @@
+"""Build a run's pieces from its config: data splits and loaders, the search space, the supernet.
+
+Shared by every stage, so `select` on a finished search sees exactly the data and network the search saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .data import Loader, load_dataset, search_split
+from .errors import UserError
+from .spaces import SPACES
+
+
+@dataclass
+class SearchData:
+    train: Any      # search-train split (trains the weights)
+    valid: Any      # search-validation split (trains α, scores ops)
+    in_channels: int
+    num_classes: int
+
+
+def search_data(cfg: RunConfig) -> tuple[Any, Any]:
+    d = cfg.data
+    full = load_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download)
+    return search_split(full, cfg.seed, subset=d.subset, portion=d.portion)
+
+
+def loaders(cfg: RunConfig, device: torch.device) -> SearchData:
+    """Search-train loader (augmented, shuffled) and search-valid loader (shuffled for the paired α batches)."""
+    d = cfg.data
+    train_set, valid_set = search_data(cfg)
+    cl = cfg.search.channels_last
+    common = dict(device=device, image_size=d.image_size, channels_last=cl)
+    train = Loader(train_set, d.batch_size, seed=cfg.seed, augment=d.augment, cutout=d.cutout, **common)
+    valid = Loader(valid_set, d.batch_size, seed=cfg.seed + 1, augment=False, **common)
+    return SearchData(train, valid, int(train_set.images.shape[1]), int(train_set.num_classes))
+
+
+def eval_loader(cfg: RunConfig, dataset, device: torch.device):
+    """Unshuffled, unaugmented pass over a split, keeping every image."""
+    return Loader(dataset, cfg.data.eval_batch_size, seed=cfg.seed, augment=False, shuffle=False, drop_last=False,
+                  device=device, image_size=cfg.data.image_size, channels_last=cfg.search.channels_last)
+
+
+def space_of(cfg: RunConfig, in_channels: int, num_classes: int):
+    s = cfg.space
+    cls = SPACES.get(s.name)
+    try:
+        return cls(C=s.C, N=s.N, in_channels=in_channels, num_classes=num_classes, bn_affine=s.bn_affine,
+                   bn_track=s.bn_track, alpha_init_std=s.alpha_init_std)
+    except TypeError as e:
+        raise UserError(f"space {s.name!r}: {e}") from None
+
+
+def to_device(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model

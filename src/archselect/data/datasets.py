@@ -1,0 +1,36 @@
+"""``load_dataset``: one entry point over every supported dataset."""
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import Callable
+
+from ..errors import UserError
+from ..registry import Registry
+from .cifar import CIFAR10, CIFAR100, load_cifar
+from .digits import load_digits
+from .imagenet16 import load_imagenet16
+from .imageset import ImageSet
+from .mnist import FASHION_MNIST, MNIST, load_idx_dataset
+
+SPLITS = ("train", "test")
+
+_LOADERS: Registry[Callable[..., ImageSet]] = Registry("dataset")
+_LOADERS.register("fashion-mnist")(partial(load_idx_dataset, FASHION_MNIST))
+_LOADERS.register("mnist")(partial(load_idx_dataset, MNIST))
+_LOADERS.register("cifar10")(partial(load_cifar, CIFAR10))
+_LOADERS.register("cifar100")(partial(load_cifar, CIFAR100))
+_LOADERS.register("imagenet16-120")(load_imagenet16)
+_LOADERS.register("digits")(load_digits)
+
+DATASETS: tuple[str, ...] = tuple(_LOADERS.names())
+
+
+def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None,
+                 download: bool = False) -> ImageSet:
+    """Load a whole split into memory. 'test' is the official test set (ImageNet16: its val_data file);
+    search-time validation data comes from ``search_split`` of 'train', never from 'test'."""
+    loader = _LOADERS.get(name)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r} for dataset {name}; choose one of: {', '.join(SPLITS)}")
+    return loader(split, data_dir, download)

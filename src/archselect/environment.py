@@ -1,0 +1,72 @@
+"""Process set-up shared by every stage: device choice, seeding, determinism, thread count."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure(seed: int, deterministic: bool, threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": _py_state_to_json(random.getstate()),
+             "numpy": _np_state_to_json(np.random.get_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_py_state_from_json(state["python"]))
+    np.random.set_state(_np_state_from_json(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _py_state_to_json(s):
+    version, internal, gauss = s
+    return [version, list(internal), gauss]
+
+
+def _py_state_from_json(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _np_state_to_json(s):
+    name, keys, pos, has_gauss, cached = s
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _np_state_from_json(s):
+    name, keys, pos, has_gauss, cached = s
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)

@@ -1,0 +1,259 @@
+"""The run directory: how stages hand work to each other and survive a kill.
+
+    RUN/config.yaml        resolved configuration          RUN/manifest.json   versions, commit, seed, device, argv
+    RUN/metrics.jsonl      one record per epoch            RUN/result.json     the search's derived architecture
+    RUN/checkpoints/NAME-STEP.{safetensors,json}           tensors + everything else, with the tensors' sha256
+    RUN/selections/NAME.json                               one Selection per selector
+
+Every file is written to a temporary name, fsynced and renamed, so a reader sees the old file or the new one, never
+half of one. A checkpoint's JSON carries the sha256 of its tensor file; loading verifies it, and the previous
+checkpoint is kept until a newer one is complete. Nothing is ever unpickled: tensors are safetensors, the rest JSON.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import UserError
+
+KEEP_CHECKPOINTS = 2
+
+
+# -- atomic files ---------------------------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str | None = None) -> Any:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what or p} not found: {p}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what or p} is damaged or not JSON: {p} ({e})") from None
+
+
+# -- nested state with tensors <-> (tensors, JSON) --------------------------------------------------------------------
+
+def split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor inside `obj` (dicts, lists, tuples) by {"__tensor__": key}, collecting it in `tensors`."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, split_tensors(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {prefix}")
+
+
+def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(join_tensors(v, tensors) for v in obj["__tuple__"])
+        if "__dict__" in obj:
+            return {k: join_tensors(v, tensors) for k, v in obj["__dict__"]}
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------------
+
+def save_checkpoint(directory: Path, name: str, step: int, state: dict[str, Any]) -> Path:
+    """Write `state` (nested dicts/lists of tensors and plain values) as NAME-STEP.safetensors + .json, then prune
+    older checkpoints of that name beyond the newest KEEP_CHECKPOINTS."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    meta = split_tensors(state, "s", tensors)
+    blob = st_save(tensors) if tensors else st_save({"_empty": torch.zeros(0)})
+    stem = directory / f"{name}-{step:08d}"
+    atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+    atomic_write_json(stem.with_suffix(".json"), {
+        "name": name, "step": step, "time": time.time(),
+        "sha256": hashlib.sha256(blob).hexdigest(), "state": meta,
+    })
+    for old in list_checkpoints(directory, name)[:-KEEP_CHECKPOINTS]:
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    return stem
+
+
+def list_checkpoints(directory: Path, name: str) -> list[Path]:
+    """Checkpoint stems of `name`, oldest first (by step, which the file name carries)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stems = [p.with_suffix("") for p in directory.glob(f"{name}-*.json")]
+    return sorted(stems, key=lambda p: p.name)
+
+
+def load_checkpoint_file(stem: Path) -> dict[str, Any]:
+    meta = read_json(stem.with_suffix(".json"), "checkpoint metadata")
+    blob_path = stem.with_suffix(".safetensors")
+    try:
+        blob = blob_path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {blob_path} is missing") from None
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        raise UserError(f"checkpoint {blob_path} is damaged (checksum mismatch)")
+    try:
+        tensors = st_load(blob)
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise UserError(f"checkpoint {blob_path} is damaged ({e})") from None
+    return join_tensors(meta["state"], tensors)
+
+
+def load_latest_checkpoint(directory: Path, name: str, warn=print) -> dict[str, Any] | None:
+    """The newest checkpoint of `name` that verifies; a damaged newer one is reported and skipped, not deleted."""
+    stems = list_checkpoints(directory, name)
+    for i, stem in enumerate(reversed(stems)):
+        try:
+            return load_checkpoint_file(stem)
+        except UserError as e:
+            if i == len(stems) - 1:
+                raise
+            warn(f"warning: {e}; falling back to the previous checkpoint")
+    return None
+
+
+# -- the run directory -----------------------------------------------------------------------------------------------
+
+class RunDir:
+    """A run directory held under an exclusive lock while this process writes to it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    # files
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def file(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    def exists(self) -> bool:
+        return (self.path / "config.yaml").is_file()
+
+    # lock
+    def lock(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"run directory {self.path} is in use by another archselect process") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunDir":
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    # metrics
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        records = []
+        for line in p.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything after it is lost work anyway
+        return records
+
+    def truncate_metrics(self, keep) -> None:
+        """Keep only records for which keep(record) is true (drops epochs redone after a resume)."""
+        kept = [r for r in self.read_metrics() if keep(r)]
+        atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def manifest(seed: int, device: str, argv: list[str] | None = None) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "archselect": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "git_commit": git_commit(), "seed": seed, "device": device,
+        "threads": torch.get_num_threads(), "argv": list(sys.argv if argv is None else argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

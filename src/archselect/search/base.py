@@ -1,0 +1,84 @@
+"""The supernet-optimizer contract: one training step of weights (and, for most, architecture parameters).
+
+An optimizer owns its torch optimizers and schedule; the search loop (`loop.py`) owns data, epochs, checkpoints and
+logging. A new optimizer is one module with a `register` line and an `Options` dataclass for its own settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import SearchConfig, build
+from ..registry import Registry
+from ..supernet import Supernet
+
+OPTIMIZERS: Registry = Registry("search optimizer")
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == y).float().mean().item()
+
+
+class SearchOptimizer:
+    """Shared parts: SGD with cosine schedule for the weights, gradient clipping, state for checkpoints.
+    Subclasses implement `arch_step` (or leave α alone)."""
+
+    Options: type = NoOptions
+
+    def __init__(self, supernet: Supernet, cfg: SearchConfig, steps_per_epoch: int):
+        self.supernet, self.cfg = supernet, cfg
+        self.options = build(self.Options, cfg.options, "search.options")
+        self.steps_per_epoch = steps_per_epoch
+        self.w_optimizer = torch.optim.SGD(supernet.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                           weight_decay=cfg.w_weight_decay, nesterov=cfg.w_nesterov)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(cfg.epochs, 1),
+                                                                    eta_min=cfg.w_lr_min)
+
+    # -- one step --------------------------------------------------------------------------------------------------
+    def step(self, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
+             epoch: int) -> dict[str, float]:
+        self.supernet.train()
+        out = self.arch_step(valid, epoch) or {}
+        out.update(self.weight_step(train))
+        return out
+
+    def arch_step(self, valid, epoch: int) -> dict[str, float] | None:
+        return None
+
+    def weight_step(self, train) -> dict[str, float]:
+        x, y = train
+        self.w_optimizer.zero_grad(set_to_none=True)
+        logits = self.supernet(x, self.train_weights())
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.cfg.grad_clip)
+        self.w_optimizer.step()
+        return {"train_loss": loss.item(), "train_acc": accuracy(logits, y), "grad_norm": float(grad_norm)}
+
+    def train_weights(self) -> dict[str, torch.Tensor]:
+        """Mixing weights for the weight step (no gradient to α). Sampling optimizers override this."""
+        return self.supernet.mixing_weights(detach=True)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.w_optimizer.param_groups[0]["lr"]
+
+    # -- checkpoint state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"w_optimizer": self.w_optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,141 @@
+"""The search stage: train a supernet with a registered optimizer, one checkpoint per epoch (and optionally every
+`checkpoint_every` steps), one metrics record per epoch, the final supernet saved for the selection stage.
+
+Resuming restores the supernet, the optimizers, the schedule, the RNG states and the position (epoch, step); batch k
+of epoch e is a pure function of (seed, e, k), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..components import loaders, space_of, to_device
+from ..config import RunConfig
+from ..environment import rng_state, set_rng_state
+from ..errors import UserError
+from ..runs import RunDir, load_latest_checkpoint, save_checkpoint
+from . import OPTIMIZERS
+
+CHECKPOINT = "search"
+
+
+class NumericalFault(UserError):
+    """A NaN or inf appeared; the last good checkpoint is kept."""
+
+
+@torch.no_grad()
+def evaluate(model, loader, epoch: int = 0, weights=None) -> tuple[float, float]:
+    """Mean loss and accuracy over one pass of `loader`, eval-mode BN."""
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in loader.epoch(epoch):
+        logits = model(x, weights) if weights is not None else model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += y.numel()
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def _check_finite(values: dict[str, float], supernet, epoch: int, step: int) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if not bad and all(torch.isfinite(a).all() for a in supernet.arch_parameters()):
+        return
+    what = ", ".join(bad) if bad else "architecture parameters"
+    raise NumericalFault(f"non-finite {what} at epoch {epoch} step {step}; the last good checkpoint is kept "
+                         f"(lower search.w_lr or search.a_lr and --resume)")
+
+
+def _alpha_record(supernet) -> dict[str, list[list[float]]]:
+    return {ct: w.cpu().tolist() for ct, w in supernet.mixing_weights(detach=True).items()}
+
+
+class SearchRun:
+    """Holds the pieces of one search so the loop reads as the algorithm."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, log: Callable[[str], None] = print):
+        self.cfg, self.run, self.device, self.log = cfg, run, device, log
+        self.data = loaders(cfg, device)
+        self.space = space_of(cfg, self.data.in_channels, self.data.num_classes)
+        self.supernet = to_device(self.space.supernet(), device, cfg.search.channels_last)
+        self.optimizer = OPTIMIZERS.get(cfg.search.optimizer)(self.supernet, cfg.search, len(self.data.train))
+        self.epoch, self.step, self.meters = 0, 0, {}
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"supernet": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                "epoch": self.epoch, "step": self.step, "meters": self.meters}
+
+    def save(self) -> None:
+        position = self.epoch * len(self.data.train) + self.step
+        save_checkpoint(self.run.checkpoints, CHECKPOINT, position, self.state())
+
+    def restore(self) -> bool:
+        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, warn=self.log)
+        if state is None:
+            return False
+        self.supernet.load_state_dict(state["supernet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.meters = state["epoch"], state["step"], state["meters"]
+        done = self.epoch
+        self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg = self.cfg.search
+        train, valid = self.data.train, self.data.valid
+        while self.epoch < cfg.epochs:
+            start_time = time.perf_counter() - self.meters.get("seconds", 0.0)
+            bar = tqdm(total=len(train), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                       leave=False, disable=None, dynamic_ncols=True)
+            for x, y in train.epoch(self.epoch, start=self.step):
+                v = valid.batch(self.epoch, self.step % len(valid))
+                out = self.optimizer.step((x, y), v, self.epoch)
+                _check_finite(out, self.supernet, self.epoch, self.step)
+                self._accumulate(out)
+                self.step += 1
+                bar.update(1)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < len(train):
+                    self.meters["seconds"] = time.perf_counter() - start_time
+                    self.save()
+            bar.close()
+            self._finish_epoch(time.perf_counter() - start_time)
+
+    def _accumulate(self, out: dict[str, float]) -> None:
+        for k, v in out.items():
+            self.meters[k] = self.meters.get(k, 0.0) + v
+        self.meters["n"] = self.meters.get("n", 0) + 1
+
+    def _finish_epoch(self, seconds: float) -> None:
+        n = max(self.meters.pop("n", 1), 1)
+        self.meters.pop("seconds", None)
+        means = {k: v / n for k, v in self.meters.items()}
+        lr = self.optimizer.lr
+        self.optimizer.end_epoch(self.epoch)
+        valid_loss, valid_acc = evaluate(self.supernet, self.data.valid)
+        record = {"epoch": self.epoch, "lr": lr, **means, "search_valid_loss": valid_loss,
+                  "search_valid_acc": valid_acc, "seconds": seconds, "alpha": _alpha_record(self.supernet)}
+        self.run.append_metrics(record)
+        self.log(f"epoch {self.epoch + 1}/{self.cfg.search.epochs}  lr {lr:.4f}  "
+                 f"train loss {means.get('train_loss', float('nan')):.3f} acc {means.get('train_acc', float('nan')):.3f}"
+                 f"  valid loss {valid_loss:.3f} acc {valid_acc:.3f}  {seconds:.1f}s")
+        self.epoch, self.step, self.meters = self.epoch + 1, 0, {}
+        self.save()
+
+
+def save_supernet(run: RunDir, supernet) -> None:
+    """The trained supernet, alone, for the selection stage (safetensors + checksum via the checkpoint writer)."""
+    save_checkpoint(run.path, "supernet", 0, {"supernet": supernet.state_dict()})
+
+
+def load_supernet(run: RunDir, supernet) -> None:
+    state = load_latest_checkpoint(run.path, "supernet")
+    if state is None:
+        raise UserError(f"{run.path} has no trained supernet yet; finish (or --resume) its search first")
+    supernet.load_state_dict(state["supernet"])
