@@ -33,7 +33,8 @@ def load(f: IO[bytes], *, what: str = "file", encoding: str = "ASCII"):
     """Unpickle plain data from ``f``; raise UserError naming ``what`` if it is not plain data or is damaged."""
     try:
         return _RestrictedUnpickler(f, encoding=encoding).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError, OverflowError, UnicodeError) as e:
         raise UserError(f"{what}: not a readable data file ({e})") from None
 
 

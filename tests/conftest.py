@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny in-memory dataset registered as 'tiny', so CLI tests run in seconds without files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parents[1]
+NB201_CSV = REPO.parent / "shared" / "data" / "nb201" / "nb201.csv"
+
+# Shared 2-core machines: timing-based health checks would fail on load, not on bugs.
+settings.register_profile("archselect", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("archselect")
+
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHSELECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ARCHSELECT_NB201", raising=False)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def nb201_csv():
+    if not NB201_CSV.is_file():
+        pytest.skip("the NAS-Bench-201 table from ../shared is not available")
+    return NB201_CSV
+
+
+def tiny_idx_dir(root: Path, n_train: int = 256, n_test: int = 64, size: int = 8, seed: int = 0) -> Path:
+    """Write a small learnable Fashion-MNIST-format dataset (IDX files): the class is the brightest quadrant."""
+    from archselect.data import write_idx
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 4, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+        h = size // 2
+        for i, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            images[i, r * h:(r + 1) * h, q * h:(q + 1) * h] += 150
+        write_idx(root / f"{split}-images-idx3-ubyte", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte", labels)
+    return root

@@ -1,0 +1,71 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from archselect.config import RunConfig, dump_yaml, load_config
+from archselect.errors import UserError
+
+
+def test_defaults_are_the_nb201_paper_settings():
+    cfg = load_config()
+    assert (cfg.space.name, cfg.space.C, cfg.space.N) == ("nb201", 16, 5)
+    s = cfg.search
+    assert (s.w_lr, s.w_lr_min, s.w_momentum, s.grad_clip) == (0.025, 0.001, 0.9, 5.0)
+    assert (s.a_lr, s.a_beta1, s.a_beta2, s.a_weight_decay) == (3e-4, 0.5, 0.999, 1e-3)
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("space: {C: 8}\nsearch: {epochs: 3}\n")
+    cfg = load_config(p, ["search.epochs=5", "data.subset=1000", "select.selectors=magnitude,perturbation",
+                          "data.image_size=null", "search.w_lr=0.1"])
+    assert cfg.space.C == 8 and cfg.search.epochs == 5 and cfg.data.subset == 1000
+    assert cfg.select.selectors == ["magnitude", "perturbation"] and cfg.search.w_lr == 0.1
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["search.epochs=7", "space.N=2"])
+    p = tmp_path / "config.yaml"
+    p.write_text(dump_yaml(cfg))
+    assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize("override, words", [
+    (["search.epoch=3"], "unknown config key 'search.epoch'.*epochs"),
+    (["colour=red"], "unknown config key 'colour'"),
+    (["search.epochs=many"], "search.epochs: expected an integer"),
+    (["search.epochs=-1"], "search.epochs must be >= 0"),
+    (["data.portion=1.5"], "data.portion"),
+    (["space.C=2.5"], "space.C: expected an integer"),
+    (["deterministic=maybe"], "deterministic: expected true or false"),
+    (["device=tpu"], "device 'tpu'"),
+    (["noequals"], "section.key=value"),
+    (["search=3"], "search: expected a mapping"),
+])
+def test_bad_config_names_the_key(override, words):
+    with pytest.raises(UserError, match=words):
+        load_config(None, override)
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("space: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(p)
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@given(st.dictionaries(st.sampled_from(["seed", "device", "space", "data", "search", "x"]),
+                       st.one_of(st.integers(), st.text(max_size=5), st.none(), st.booleans(),
+                                 st.dictionaries(st.text(max_size=4), st.integers(), max_size=2)), max_size=3))
+def test_fuzz_config_is_valid_or_user_error(data):
+    from archselect.config import build, check
+
+    try:
+        check(build(RunConfig, data))
+    except UserError as e:
+        assert "\n" not in str(e)
