@@ -156,7 +156,12 @@ def validate(arch: Architecture) -> None:
         if len(arch.cell("cell").edges) != 6:
             raise UserError("a nb201 architecture has exactly 6 edges")
         return
-    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201")
+    if arch.space == "darts":  # every DARTS-family space (darts, darts-7, darts-s2..s4) writes "darts" cells
+        from .genotype import validate_darts
+
+        validate_darts(arch)
+        return
+    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201, darts")
 
 
 def load_architecture(spec: str) -> Architecture:

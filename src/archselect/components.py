@@ -4,12 +4,13 @@ Shared by every stage, so `select` on a finished search sees exactly the data an
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, SpaceConfig
 from .data import Loader, load_dataset, search_split
 from .errors import UserError
 from .spaces import SPACES
@@ -47,13 +48,22 @@ def eval_loader(cfg: RunConfig, dataset, device: torch.device):
 
 
 def space_of(cfg: RunConfig, in_channels: int, num_classes: int):
+    """The space dataclass, given every space.* field it declares; a field it lacks must keep its default (a
+    DARTS-only option set for nb201 is an error, not silently ignored)."""
     s = cfg.space
     cls = SPACES.get(s.name)
-    try:
-        return cls(C=s.C, N=s.N, in_channels=in_channels, num_classes=num_classes, bn_affine=s.bn_affine,
-                   bn_track=s.bn_track, alpha_init_std=s.alpha_init_std)
-    except TypeError as e:
-        raise UserError(f"space {s.name!r}: {e}") from None
+    accepted = {f.name for f in dataclasses.fields(cls)}
+    defaults = SpaceConfig()
+    kwargs = {}
+    for f in dataclasses.fields(s):
+        if f.name == "name":
+            continue
+        value = getattr(s, f.name)
+        if f.name in accepted:
+            kwargs[f.name] = value
+        elif value != getattr(defaults, f.name):
+            raise UserError(f"space.{f.name} does not apply to the {s.name!r} space")
+    return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
 def to_device(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:

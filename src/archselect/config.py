@@ -23,6 +23,13 @@ class SpaceConfig:
     bn_affine: bool = False      # affine BN inside candidate ops (the papers' supernets: False)
     bn_track: bool = True        # running statistics in candidate-op BN
     alpha_init_std: float = 1e-3
+    # DARTS-family spaces only (darts, darts-7, darts-s2, darts-s3, darts-s4):
+    stem_multiplier: int = 3     # stem conv output = stem_multiplier * C channels (DARTS: 3)
+    partial_channels: int = 1    # PC-DARTS K: 1/K of each edge's channels go through its ops (Shapley-NAS: 4; 1 = off)
+    edge_norm: bool = False      # PC-DARTS edge normalisation: a learned β per edge, softmax over a node's inputs
+    pool_bn: bool = True         # BN(affine=False) after the supernet's pooling ops, as original DARTS
+    recompute: bool = True       # recompute the supernet's depthwise-pointwise conv outputs in backward instead of
+                                 # storing them: same numbers, ~25% less memory, ~10% more time
 
 
 @dataclass
@@ -54,7 +61,11 @@ class SearchConfig:
     a_beta2: float = 0.999
     a_weight_decay: float = 1e-3
     channels_last: bool = True
+    bf16: bool = False           # bf16 autocast in the search steps (~1.3x on CPUs with AVX-512 bf16; changes numerics)
     checkpoint_every: int = 0    # also checkpoint every this many steps inside an epoch (0: at epoch ends only)
+    hessian_eig: bool = False    # record the dominant eigenvalue of the validation-loss Hessian w.r.t. α each epoch
+    hessian_batches: int = 2     # search-validation batches in that Hessian (the R-DARTS collapse signal)
+    hessian_iters: int = 20      # power-iteration steps at most
     options: dict = field(default_factory=dict)  # optimizer-specific options, validated by the optimizer
 
 
@@ -62,6 +73,53 @@ class SearchConfig:
 class SelectConfig:
     selectors: list[str] = field(default_factory=lambda: ["magnitude"])
     options: dict = field(default_factory=dict)  # {selector name: {option: value}}, validated by each selector
+
+
+@dataclass
+class SplitConfig:
+    """Few-shot NAS: split the supernet into sub-supernets during the search (docs/fewshot.md). `auto` values take
+    the official setting of the space: NB201 (one cell type) or DARTS (normal + reduce cells)."""
+    method: str = "none"          # none | gm (gradient matching, GM-NAS) | exhaustive (one sub-supernet per op)
+    epochs: list[int] = field(default_factory=lambda: [15, 30])  # search epochs at which to split (official NB201)
+    groups: int = 2               # gm: groups per split
+    sizes: list[int] | None = None  # gm: exact group sizes, e.g. [2, 3]; None: every group holds >= 2 ops
+    batches: int = 100            # gm: training batches averaged per gradient distance (official 100; --fast 10)
+    distance: str = "cos"         # cos | per-filter-cos | mse
+    edge_criterion: str = "auto"  # auto | cut (largest cut; NB201) | within (smallest within-group; DARTS) | first
+    edges: list[int] | None = None  # the edge to split at each level (official `predefine`); overrides the criterion
+    cell_types: list[str] | None = None  # cell types whose edges may split; None: all (NB201), normal only (DARTS)
+    op_weight: str = "auto"       # auto | one (NB201: the measured op weighs 1) | softmax (DARTS: its softmax value)
+    warmup_alpha: str = "auto"    # α before the last split: auto | init (kept; NB201) | equal (0; DARTS) | learn
+    restart: str = "final"        # final (re-initialise after the last split; official) | inherit
+    restart_schedule: str = "auto"  # final restart's cosine: auto | total (NB201) | remaining (DARTS, fix_sche)
+    choose: str = "supernet"      # supernet (search-valid accuracy of each selection) | oracle (benchmark; analysis)
+    bn: str = "train"             # BN while scoring a selection: train (batch statistics; official) | eval (running)
+    oracle_metric: str = "cifar10_valid"  # the benchmark column `choose: oracle` maximises
+
+
+@dataclass
+class TrainConfig:
+    """Retraining an architecture from scratch (`archselect train`) on the dataset's train split, reported on its test
+    split. Defaults: the NAS-Bench-201 protocol; the DARTS protocol in comments (configs/train-darts-paper.yaml)."""
+    C: int = 16                  # initial channels (DARTS: 36)
+    N: int = 5                   # cells per stage (nb201) / cells in total (darts: 20)
+    epochs: int = 200            # DARTS: 600
+    batch_size: int = 256        # DARTS: 96
+    lr: float = 0.1              # DARTS: 0.025; cosine schedule over the epochs
+    lr_min: float = 0.0          # the cosine schedule's floor (both protocols: 0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4   # DARTS: 3e-4
+    nesterov: bool = True        # DARTS: false
+    grad_clip: float = 0.0       # gradient-norm clip, 0 = off (DARTS: 5)
+    label_smoothing: float = 0.0  # ImageNet protocols: 0.1
+    auxiliary_weight: float = 0.0  # weight of the auxiliary head's loss, 0 = no head (DARTS: 0.4; darts space only)
+    drop_path: float = 0.0       # final drop-path probability, ramped linearly from 0 (DARTS code: 0.2; some papers
+                                 # and Shapley-NAS' code: 0.3; darts space only)
+    augment: bool = True         # pad-crop, plus flips where the dataset allows them
+    cutout: int = 0              # cutout side in pixels, 0 = off (DARTS: 16)
+    subset: int | None = None    # train on this many train images (seeded draw); None: the whole train split
+    eval_every: int = 1          # test-set evaluation every this many epochs (0: after the last only)
+    channels_last: bool = True
 
 
 @dataclass
@@ -75,6 +133,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 # -- building typed dataclasses from plain data ---------------------------------------------------------------------
@@ -211,10 +271,70 @@ def check(cfg: RunConfig) -> None:
         (0.0 < cfg.data.portion < 1.0, "data.portion must be between 0 and 1"),
         (cfg.data.subset is None or cfg.data.subset > 1, "data.subset must be at least 2"),
         (cfg.space.C > 0 and cfg.space.N > 0, "space.C and space.N must be positive"),
+        (cfg.space.stem_multiplier > 0, "space.stem_multiplier must be positive"),
+        (cfg.space.partial_channels > 0 and cfg.space.C % cfg.space.partial_channels == 0,
+         "space.partial_channels must be positive and divide space.C"),
         (cfg.search.w_lr > 0 and cfg.search.w_lr_min >= 0, "search.w_lr must be > 0 and search.w_lr_min >= 0"),
         (cfg.search.checkpoint_every >= 0, "search.checkpoint_every must be >= 0"),
+        (cfg.search.hessian_batches > 0 and cfg.search.hessian_iters > 0,
+         "search.hessian_batches and search.hessian_iters must be > 0"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device {cfg.device!r}: choose auto, cpu, cuda or cuda:N"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+    check_split(cfg)
+    check_train(cfg)
+
+
+SPLIT_CHOICES = {
+    "method": ("none", "gm", "exhaustive"), "distance": ("cos", "per-filter-cos", "mse"),
+    "edge_criterion": ("auto", "cut", "within", "first"), "op_weight": ("auto", "one", "softmax"),
+    "warmup_alpha": ("auto", "init", "equal", "learn"), "restart": ("final", "inherit"),
+    "restart_schedule": ("auto", "total", "remaining"), "choose": ("supernet", "oracle"), "bn": ("train", "eval"),
+}
+
+
+def check_split(cfg: RunConfig) -> None:
+    s, e = cfg.split, cfg.split.epochs
+    for key, allowed in SPLIT_CHOICES.items():
+        if getattr(s, key) not in allowed:
+            raise UserError(f"split.{key} {getattr(s, key)!r}: choose one of {', '.join(allowed)}")
+    rules = [
+        (s.groups >= 2, "split.groups must be >= 2"),
+        (s.sizes is None or (len(s.sizes) == s.groups and min(s.sizes) >= 1),
+         "split.sizes needs one size >= 1 per group (split.groups of them)"),
+        (s.batches >= 1, "split.batches must be >= 1"),
+    ]
+    if s.method != "none":  # the schedule matters only to a split search (`archselect split RUN` ignores it)
+        rules += [
+            (len(e) > 0, "split.epochs needs at least one epoch"),
+            (all(a < b for a, b in zip(e, e[1:])), "split.epochs must increase strictly"),
+            (not e or 0 <= e[0] and e[-1] < cfg.search.epochs,
+             f"split.epochs must lie in [0, search.epochs) = [0, {cfg.search.epochs})"),
+            (s.edges is None or len(s.edges) >= len(e), "split.edges needs one edge per split epoch"),
+            (not (s.method == "exhaustive" and s.edge_criterion == "within"),
+             "split.edge_criterion within is meaningless for exhaustive splitting (no within-group distance); "
+             "use first or cut"),
+        ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+
+
+def check_train(cfg: RunConfig) -> None:
+    t = cfg.train
+    rules = [
+        (t.C > 0 and t.N > 0, "train.C and train.N must be positive"),
+        (t.epochs >= 0, "train.epochs must be >= 0"),
+        (t.batch_size > 0, "train.batch_size must be > 0"),
+        (t.lr > 0 and t.lr_min >= 0, "train.lr must be > 0 and train.lr_min >= 0"),
+        (t.grad_clip >= 0 and t.auxiliary_weight >= 0 and t.cutout >= 0 and t.eval_every >= 0,
+         "train.grad_clip, train.auxiliary_weight, train.cutout and train.eval_every must be >= 0"),
+        (0.0 <= t.drop_path < 1.0, "train.drop_path must lie in [0, 1)"),
+        (0.0 <= t.label_smoothing < 1.0, "train.label_smoothing must lie in [0, 1)"),
+        (t.subset is None or t.subset > 0, "train.subset must be positive"),
     ]
     for ok, message in rules:
         if not ok:

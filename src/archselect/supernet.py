@@ -22,22 +22,32 @@ Plan = list[list[tuple[int, Weight]]]
 
 
 def weighted_sum(terms: Sequence[tuple[Weight, torch.Tensor]]) -> torch.Tensor | None:
-    """Σ w·y without needless copies: a lone weight-1 term is returned as is; float weights accumulate in place
-    into one new buffer; tensor weights (which need a gradient) are summed out of place."""
+    """Σ w·y with one fresh output buffer and no needless passes: a lone weight-1 term is returned as is; otherwise
+    the first two terms make a new tensor and the rest accumulate into it in place (add_ for float weights, addcmul_
+    for tensor weights — autograd-safe, as no backward formula reads the buffer being accumulated into)."""
     if not terms:
         return None
-    if len(terms) == 1 and isinstance(terms[0][0], float) and terms[0][0] == 1.0:
-        return terms[0][1]
-    if all(isinstance(w, float) for w, _ in terms):
-        w0, y0 = terms[0]
-        out = y0.clone() if w0 == 1.0 else torch.mul(y0, w0)
-        for w, y in terms[1:]:
-            out.add_(y, alpha=w)
-        return out
-    out = terms[0][0] * terms[0][1]
-    for w, y in terms[1:]:
-        out = out + w * y
+    (w0, y0), rest = terms[0], terms[1:]
+    if not rest:
+        return y0 if _is_one(w0) else torch.mul(y0, w0)
+    w1, y1 = rest[0]
+    if _is_one(w0) and isinstance(w1, float):
+        out = torch.add(y0, y1, alpha=w1)
+    elif _is_one(w0):
+        out = torch.addcmul(y0, y1, w1)
+    else:
+        out = _accumulate(torch.mul(y0, w0), w1, y1)
+    for w, y in rest[1:]:
+        _accumulate(out, w, y)
     return out
+
+
+def _is_one(w: Weight) -> bool:
+    return isinstance(w, float) and w == 1.0
+
+
+def _accumulate(out: torch.Tensor, w: Weight, y: torch.Tensor) -> torch.Tensor:
+    return out.add_(y, alpha=w) if isinstance(w, float) else out.addcmul_(y, w)
 
 
 def make_plan(weights: torch.Tensor, mask: torch.Tensor, op_names: Sequence[str]) -> Plan:
@@ -108,9 +118,35 @@ class Supernet(nn.Module, abc.ABC):
             weights = self.mixing_weights(detach=not torch.is_grad_enabled())
         return self.forward_plans(x, self.plans(weights))
 
-    @abc.abstractmethod
     def forward_plans(self, x: torch.Tensor, plans: dict[str, Plan]) -> torch.Tensor:
         """Run the network with the given per-cell-type plans (see `make_plan`)."""
+        state = self.stem(x)
+        for i in range(self.num_layers):
+            state = self.run_layer(i, state, plans)
+        return self.head(state)
+
+    # The staged form of forward: stem -> layers -> head. A selector that perturbs the weights of one cell type can
+    # cache the state before the first layer reading that cell type and run only the rest (see `layer_cell_type`).
+    @abc.abstractmethod
+    def stem(self, x: torch.Tensor):
+        """The state entering layer 0 (a tensor, or a tuple of tensors for two-input cells)."""
+
+    @property
+    @abc.abstractmethod
+    def num_layers(self) -> int:
+        """Number of layers between stem and head."""
+
+    @abc.abstractmethod
+    def layer_cell_type(self, i: int) -> str | None:
+        """The cell type whose mixing weights layer i reads; None for a fixed layer (e.g. a reduction block)."""
+
+    @abc.abstractmethod
+    def run_layer(self, i: int, state, plans: dict[str, Plan]):
+        """Layer i applied to `state`."""
+
+    @abc.abstractmethod
+    def head(self, state) -> torch.Tensor:
+        """Logits from the state after the last layer."""
 
     def one_hot_weights(self, arch) -> dict[str, torch.Tensor]:
         """Mixing weights that select exactly `arch` (an Architecture of this space)."""

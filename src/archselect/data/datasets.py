@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
@@ -33,4 +34,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     loader = _LOADERS.get(name)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for dataset {name}; choose one of: {', '.join(SPLITS)}")
+    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
+        # An explicit directory that is not there is a typo to report, not a reason to read data from elsewhere.
+        raise UserError(f"data directory {data_dir} does not exist (set data.download=true to fetch {name} into it)")
     return loader(split, data_dir, download)

@@ -2,6 +2,11 @@
 
 An optimizer owns its torch optimizers and schedule; the search loop (`loop.py`) owns data, epochs, checkpoints and
 logging. A new optimizer is one module with a `register` line and an `Options` dataclass for its own settings.
+
+Under torchrun (see `distributed.py`) each rank holds a slice of every batch: `weight_step` averages the weight
+gradients over the ranks before clipping, and every other torch optimizer held as an attribute (the α optimizers)
+averages its gradients right before each step. A subclass that overrides `weight_step`, or updates parameters
+without a torch optimizer, calls `distributed.average_gradients` itself (a no-op in a single process).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import SearchConfig, build
 from ..registry import Registry
 from ..supernet import Supernet
@@ -47,11 +53,26 @@ class SearchOptimizer:
     def step(self, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor],
              epoch: int) -> dict[str, float]:
         self.supernet.train()
-        out = self.arch_step(valid, epoch) or {}
-        out.update(self.weight_step(train))
+        for opt in vars(self).values():  # α gradients averaged over the ranks before each α step (torchrun only)
+            if isinstance(opt, torch.optim.Optimizer) and opt is not self.w_optimizer:
+                distributed.sync_optimizer_gradients(opt)
+        with self.autocast():
+            out = self.arch_step(valid, epoch) or {}
+            out.update(self.weight_step(train))
         return out
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast over the step when `search.bf16` is set (convolutions and matmuls in bf16, weights,
+        gradients and optimizer state stay fp32); a no-op context otherwise."""
+        device = next(self.supernet.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
     def arch_step(self, valid, epoch: int) -> dict[str, float] | None:
+        return None
+
+    def start_epoch(self, epoch: int, valid) -> dict[str, float] | None:
+        """Called by the loop before the first step of each epoch with the search-valid loader (Shapley-NAS
+        estimates and updates α here); what it returns goes into the epoch's metrics record."""
         return None
 
     def weight_step(self, train) -> dict[str, float]:
@@ -60,6 +81,7 @@ class SearchOptimizer:
         logits = self.supernet(x, self.train_weights())
         loss = F.cross_entropy(logits, y)
         loss.backward()
+        distributed.average_gradients(self.supernet.weight_parameters())  # before clipping: the global-batch norm
         grad_norm = nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.cfg.grad_clip)
         self.w_optimizer.step()
         return {"train_loss": loss.item(), "train_acc": accuracy(logits, y), "grad_norm": float(grad_norm)}

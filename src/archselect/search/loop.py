@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import distributed
 from ..components import loaders, space_of, to_device
 from ..config import RunConfig
 from ..environment import rng_state, set_rng_state
@@ -58,19 +59,25 @@ class SearchRun:
     """Holds the pieces of one search so the loop reads as the algorithm."""
 
     def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, log: Callable[[str], None] = print):
-        self.cfg, self.run, self.device, self.log = cfg, run, device, log
-        self.data = loaders(cfg, device)
+        # Under torchrun every rank trains on its slice of each batch; only rank 0 logs and writes to `run`.
+        self.cfg, self.run, self.device = cfg, run, device
+        self.log = log if distributed.is_main() else (lambda *_: None)
+        self.data = distributed.shard_data(loaders(cfg, device))
         self.space = space_of(cfg, self.data.in_channels, self.data.num_classes)
         self.supernet = to_device(self.space.supernet(), device, cfg.search.channels_last)
         self.optimizer = OPTIMIZERS.get(cfg.search.optimizer)(self.supernet, cfg.search, len(self.data.train))
         self.epoch, self.step, self.meters = 0, 0, {}
+        self.epoch_start: dict[str, float] = {}  # what the optimizer's start_epoch reported for this epoch
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"supernet": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                "epoch": self.epoch, "step": self.step, "meters": self.meters}
+                "epoch": self.epoch, "step": self.step, "meters": self.meters, "epoch_start": self.epoch_start}
 
     def save(self) -> None:
+        self.meters = distributed.mean_over_ranks(self.meters)  # linear: averaging early equals averaging at the end
+        if not distributed.is_main():
+            return
         position = self.epoch * len(self.data.train) + self.step
         save_checkpoint(self.run.checkpoints, CHECKPOINT, position, self.state())
 
@@ -82,18 +89,23 @@ class SearchRun:
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.meters = state["epoch"], state["step"], state["meters"]
+        self.epoch_start = state.get("epoch_start", {})
         done = self.epoch
-        self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
+        if distributed.is_main():
+            self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
         return True
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def train(self) -> None:
         cfg = self.cfg.search
         train, valid = self.data.train, self.data.valid
+        distributed.sync_module(self.supernet)  # every rank starts from rank 0's (fresh or restored) supernet
         while self.epoch < cfg.epochs:
             start_time = time.perf_counter() - self.meters.get("seconds", 0.0)
             bar = tqdm(total=len(train), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                       leave=False, disable=None, dynamic_ncols=True)
+                       leave=False, disable=None if distributed.is_main() else True, dynamic_ncols=True)
+            if self.step == 0:  # once per epoch, never again after a mid-epoch resume
+                self.epoch_start = self.optimizer.start_epoch(self.epoch, valid) or {}
             for x, y in train.epoch(self.epoch, start=self.step):
                 v = valid.batch(self.epoch, self.step % len(valid))
                 out = self.optimizer.step((x, y), v, self.epoch)
@@ -113,19 +125,32 @@ class SearchRun:
         self.meters["n"] = self.meters.get("n", 0) + 1
 
     def _finish_epoch(self, seconds: float) -> None:
+        self.meters = distributed.mean_over_ranks(self.meters)
         n = max(self.meters.pop("n", 1), 1)
         self.meters.pop("seconds", None)
         means = {k: v / n for k, v in self.meters.items()}
         lr = self.optimizer.lr
         self.optimizer.end_epoch(self.epoch)
+        distributed.sync_module(self.supernet)  # rank 0's BN running statistics everywhere, before eval and save
+        # Each rank evaluates its equal slice of every batch: the mean of the ranks' means is the full-batch mean.
         valid_loss, valid_acc = evaluate(self.supernet, self.data.valid)
+        valid = distributed.mean_over_ranks({"loss": valid_loss, "acc": valid_acc})
+        valid_loss, valid_acc = valid["loss"], valid["acc"]
+        _check_finite({"search_valid_loss": valid_loss}, self.supernet, self.epoch, self.step)
         record = {"epoch": self.epoch, "lr": lr, **means, "search_valid_loss": valid_loss,
-                  "search_valid_acc": valid_acc, "seconds": seconds, "alpha": _alpha_record(self.supernet)}
-        self.run.append_metrics(record)
+                  "search_valid_acc": valid_acc, "seconds": seconds, "alpha": _alpha_record(self.supernet),
+                  **self.epoch_start}
+        if self.cfg.search.hessian_eig and distributed.is_main():  # R-DARTS' collapse signal; off by default
+            from ..bench.diagnostics import hessian_record
+            s = self.cfg.search
+            record.update(hessian_record(self.supernet, self.data.valid, self.epoch, s.hessian_batches,
+                                         s.hessian_iters, self.cfg.seed))
+        if distributed.is_main():
+            self.run.append_metrics(record)
         self.log(f"epoch {self.epoch + 1}/{self.cfg.search.epochs}  lr {lr:.4f}  "
                  f"train loss {means.get('train_loss', float('nan')):.3f} acc {means.get('train_acc', float('nan')):.3f}"
                  f"  valid loss {valid_loss:.3f} acc {valid_acc:.3f}  {seconds:.1f}s")
-        self.epoch, self.step, self.meters = self.epoch + 1, 0, {}
+        self.epoch, self.step, self.meters, self.epoch_start = self.epoch + 1, 0, {}, {}
         self.save()
 
 

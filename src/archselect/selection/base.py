@@ -73,6 +73,7 @@ class SelectionContext:
     seed: int = 0
     workdir: Path | None = None
     log: Callable[[str], None] = print
+    search: Any = None  # the run's SearchConfig (optimizer and its settings), for selectors that keep training
 
 
 class Selector(abc.ABC):

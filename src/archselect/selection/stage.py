@@ -22,7 +22,8 @@ def build_context(cfg: RunConfig, run: RunDir, device: torch.device, log: Callab
     supernet = to_device(space.supernet(), device, cfg.search.channels_last)
     load_supernet(run, supernet)
     valid = eval_loader(cfg, data.valid.ds, device)
-    return SelectionContext(space, supernet, valid, data.train, device, cfg.seed, run.file("selections"), log)
+    return SelectionContext(space, supernet, valid, data.train, device, cfg.seed, run.file("selections"), log,
+                            search=cfg.search)
 
 
 def run_selectors(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device,

@@ -1,31 +1,163 @@
-"""A mixed edge: all candidate ops of one edge and their weighted sum, computing only the ops its plan names."""
+"""Mixed edges, and the work every edge leaving one node shares.
+
+A MixedEdge holds one edge's candidate ops. `fan_out` computes the weighted terms of all edges leaving a node at once,
+so that work depending only on the node is done once: its ReLU, parameter-free ops (a 3x3 average pool of node 0 is
+the same on the three edges reading node 0), and the convolutions — every ReLU-Conv-BN reading the node with the same
+geometry runs as one convolution over the concatenated filters and one batch norm over the concatenated channels
+(per-channel BN, so the same maths; each op's running statistics stay in its own BN buffers). The mixing weight of a
+convolution is folded into that batch norm's affine scale, which saves a pass over its output. Only ops named by the
+plan are computed, so a masked op costs nothing and contributes exactly zero.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..supernet import Weight, weighted_sum
-from .ops import OPS, PRE_ACTIVATED
+from .ops import OPS, PRE_ACTIVATED, ReLUConvBN
+
+# Ops whose output is a function of the input alone (given the edge's geometry): shared by the edges reading a node
+# when their module holds no parameters or buffers (a pooling op with a BN after it is not shared).
+SHAREABLE = frozenset({"skip_connect", "avg_pool_3x3", "max_pool_3x3"})
+
+EdgePlan = Sequence[tuple[int, Weight]]
+Terms = list[tuple[Weight, torch.Tensor]]
 
 
 class MixedEdge(nn.Module):
     """One edge: its candidate ops (a ModuleDict by op name; `none` has no module) and their weighted sum."""
 
-    def __init__(self, C_in: int, C_out: int, stride: int, op_names: Sequence[str], affine: bool, track: bool):
+    def __init__(self, C_in: int, C_out: int, stride: int, op_names: Sequence[str], affine: bool, track: bool,
+                 pool_bn: bool = False):
+        """`pool_bn`: follow each pooling op by BN(affine=False), as original DARTS' supernet does."""
         super().__init__()
         self.op_names = tuple(op_names)
+        self.stride = stride
         self.ops = nn.ModuleDict(
-            {name: OPS.get(name)(C_in, C_out, stride, affine, track) for name in op_names if name != "none"}
+            {name: _make_op(name, C_in, C_out, stride, affine, track, pool_bn) for name in op_names if name != "none"}
         )
+        self.shared = frozenset(name for name, op in self.ops.items() if name in SHAREABLE and _stateless(op))
+        self.conv_keys = {name: key for name, op in self.ops.items() if (key := _conv_key(op)) is not None}
 
-    def forward(self, x: torch.Tensor, relu_x, edge_plan: list[tuple[int, Weight]]) -> torch.Tensor | None:
+    def forward(self, x: torch.Tensor, relu_x: Callable[[], torch.Tensor], edge_plan: EdgePlan) -> torch.Tensor | None:
         """`relu_x()` returns ReLU(x), computed once per node and shared by the convolutions reading it."""
-        terms = []
-        for k, w in edge_plan:
-            name = self.op_names[k]
-            op = self.ops[name]
-            y = op(relu_x(), pre_activated=True) if name in PRE_ACTIVATED else op(x)
-            terms.append((w, y))
-        return weighted_sum(terms)
+        return weighted_sum(fan_out(x, relu_x, [(self, edge_plan)])[0])
+
+
+def _make_op(name: str, C_in: int, C_out: int, stride: int, affine: bool, track: bool, pool_bn: bool) -> nn.Module:
+    op = OPS.get(name)(C_in, C_out, stride, affine, track)
+    if pool_bn and "pool" in name:
+        op = nn.Sequential(op, nn.BatchNorm2d(C_out, affine=False, track_running_stats=track))
+    return op
+
+
+def _stateless(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is None and next(module.buffers(), None) is None
+
+
+def _conv_key(op: nn.Module):
+    """ReLUConvBN ops with equal keys (and train/eval mode) read the same input the same way and can run as one."""
+    if type(op) is not ReLUConvBN:
+        return None
+    c, b = op.conv, op.bn
+    return (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups, c.bias is None,
+            b.eps, b.momentum, b.affine, b.track_running_stats)
+
+
+def fan_out(x: torch.Tensor, relu_x: Callable[[], torch.Tensor],
+            outgoing: Sequence[tuple[MixedEdge, EdgePlan]]) -> list[Terms]:
+    """The (weight, output) terms of each edge leaving node `x`, in plan order except that convolutions come last
+    and already carry their weight (as weight 1.0)."""
+    terms: list[Terms] = [[] for _ in outgoing]
+    shared: dict[tuple, torch.Tensor] = {}
+    groups: dict[tuple, list[tuple[int, ReLUConvBN, Weight]]] = {}
+    for i, (edge, plan) in enumerate(outgoing):
+        for k, w in plan:
+            name = edge.op_names[k]
+            op = edge.ops[name]
+            key = edge.conv_keys.get(name)
+            if key is not None:
+                groups.setdefault((key, op.bn.training), []).append((i, op, w))
+            elif name in edge.shared:
+                sig = (name, edge.stride)
+                y = shared[sig] if sig in shared else shared.setdefault(sig, op(x))
+                terms[i].append((w, y))
+            else:
+                terms[i].append((w, op(relu_x(), pre_activated=True) if name in PRE_ACTIVATED else op(x)))
+    for members in groups.values():
+        outs = conv_bn_group(relu_x(), [op for _, op, _ in members], [w for _, _, w in members])
+        for (i, _, _), y in zip(members, outs):
+            terms[i].append((1.0, y))
+    return terms
+
+
+def conv_bn_group(x: torch.Tensor, ops: Sequence[ReLUConvBN], weights: Sequence[Weight]) -> list[torch.Tensor]:
+    """[w_i · BN_i(conv_i(x))] for ReLUConvBN ops of equal geometry on an already activated x, as one convolution and
+    one batch norm; the outputs are channel slices of one tensor. A BN using running statistics (eval mode) is an
+    affine map, folded into the convolution's filters and bias (saves the pass over the output)."""
+    conv, bns = ops[0].conv, [op.bn for op in ops]
+    weight = conv.weight if len(ops) == 1 else torch.cat([op.conv.weight for op in ops])
+    if not bns[0].training and bns[0].track_running_stats:
+        mean, var = _running_stats(bns)
+        scale, shift = _affine(bns, weights, var)
+        scale = torch.rsqrt(var + bns[0].eps) * (1.0 if scale is None else scale)
+        bias = -mean * scale + (0.0 if shift is None else shift)
+        y = F.conv2d(x, weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    else:
+        y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        y = group_batch_norm(y, bns, weights)
+    return list(y.split(conv.out_channels, dim=1)) if len(ops) > 1 else [y]
+
+
+def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
+
+
+def _running_stats(bns: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _cat([b.running_mean for b in bns]), _cat([b.running_var for b in bns])
+
+
+def _affine(bns: Sequence[nn.BatchNorm2d], weights: Sequence[Weight], ref: torch.Tensor):
+    """Per-channel (scale, shift) after normalisation: each op's mixing weight times its BN's γ and β (None where it
+    is the identity: unit weights, no affine BN)."""
+    b0 = bns[0]
+    unit = all(isinstance(w, float) and w == 1.0 for w in weights)
+    if unit and not b0.affine:
+        return None, None
+    if unit:
+        return _cat([b.weight for b in bns]), _cat([b.bias for b in bns])
+    if all(isinstance(w, float) for w in weights):
+        w = torch.tensor(weights, dtype=ref.dtype, device=ref.device)
+    else:  # differentiable with respect to the weights
+        w = torch.stack([torch.as_tensor(v, dtype=ref.dtype, device=ref.device) for v in weights])
+    w = w.repeat_interleave(b0.num_features)
+    if not b0.affine:
+        return w, None
+    return w * _cat([b.weight for b in bns]), w * _cat([b.bias for b in bns])
+
+
+def group_batch_norm(y: torch.Tensor, bns: Sequence[nn.BatchNorm2d], weights: Sequence[Weight]) -> torch.Tensor:
+    """Per-channel batch norm of y (the channels of `bns`, concatenated) times each op's mixing weight, as each
+    nn.BatchNorm2d would do on its own channels (train/eval mode, running statistics and their update, momentum=None
+    as a cumulative average, track_running_stats=False)."""
+    b0 = bns[0]
+    update = b0.training and b0.track_running_stats
+    factor = 0.0 if b0.momentum is None else b0.momentum
+    if update:
+        for b in bns:
+            b.num_batches_tracked.add_(1)
+        if b0.momentum is None:
+            factor = 1.0 / float(b0.num_batches_tracked)
+    tracked = b0.track_running_stats and b0.running_mean is not None
+    mean, var = _running_stats(bns) if tracked else (None, None)
+    weight, bias = _affine(bns, weights, mean if tracked else y)
+    out = F.batch_norm(y, mean, var, weight, bias, b0.training or mean is None, factor, b0.eps)
+    if update and len(bns) > 1:  # the concatenated statistics were updated: hand each BN its own
+        with torch.no_grad():
+            for b, m, v in zip(bns, mean.split(b0.num_features), var.split(b0.num_features)):
+                b.running_mean.copy_(m)
+                b.running_var.copy_(v)
+    return out

@@ -15,10 +15,15 @@ import torch.nn.functional as F
 
 from ..arch import NB201_NODES, NB201_OPS, Architecture, Cell, Edge
 from ..supernet import Plan, Supernet, weighted_sum
-from .mixed import MixedEdge
+from .mixed import MixedEdge, fan_out
 from .ops import ReLUConvBN
 
 EDGES = tuple((src, dst) for dst in range(1, NB201_NODES) for src in range(dst))  # 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2
+
+
+# The edges leaving each node, as (edge index, destination): a cell runs node by node, computing each node's
+# outgoing edges together (see mixed.fan_out) once all edges into it are summed.
+OUTGOING = tuple(tuple((e, dst) for e, (s, dst) in enumerate(EDGES) if s == src) for src in range(NB201_NODES - 1))
 
 
 class NB201Cell(nn.Module):
@@ -27,21 +32,28 @@ class NB201Cell(nn.Module):
         self.edges = nn.ModuleList([MixedEdge(C, C, 1, ops, affine, track) for ops in edge_ops])
 
     def forward(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        nodes, relus = [x], {}
+        inbox: list[list] = [[] for _ in range(NB201_NODES)]
+        node = x
+        for src, outgoing in enumerate(OUTGOING):
+            relu = _Lazy(F.relu, node)
+            terms = fan_out(node, relu, [(self.edges[e], plan[e]) for e, _ in outgoing])
+            for (_, dst), t in zip(outgoing, terms):
+                inbox[dst].extend(t)
+            total = weighted_sum(inbox[src + 1])  # node src+1 is complete: its edges come from nodes <= src
+            node = total if total is not None else torch.zeros_like(x)
+        return node
 
-        def relu_of(i):
-            return lambda: relus[i] if i in relus else relus.setdefault(i, F.relu(nodes[i]))
 
-        for dst in range(1, NB201_NODES):
-            terms = []
-            for e, (src, d) in enumerate(EDGES):
-                if d == dst:
-                    y = self.edges[e](nodes[src], relu_of(src), plan[e])
-                    if y is not None:
-                        terms.append((1.0, y))
-            node = weighted_sum(terms)
-            nodes.append(node if node is not None else torch.zeros_like(x))
-        return nodes[-1]
+class _Lazy:
+    """f(x), computed on the first call only."""
+
+    def __init__(self, f, x):
+        self.f, self.x, self.y = f, x, None
+
+    def __call__(self) -> torch.Tensor:
+        if self.y is None:
+            self.y = self.f(self.x)
+        return self.y
 
 
 class ResNetBlock(nn.Module):
@@ -76,8 +88,15 @@ class NB201Body(nn.Module):
 
     def run(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         x = self.stem(x)
-        for layer in self.layers:
-            x = layer(x, plan) if isinstance(layer, NB201Cell) else layer(x)
+        for i in range(len(self.layers)):
+            x = self.run_layer(i, x, plan)
+        return self.head(x)
+
+    def run_layer(self, i: int, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        layer = self.layers[i]
+        return layer(x, plan) if isinstance(layer, NB201Cell) else layer(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lastact(x)
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
@@ -88,8 +107,21 @@ class NB201Supernet(Supernet):
         super().__init__({"cell": EDGES}, op_names, alpha_init_std)
         self.body = NB201Body(C, N, in_channels, num_classes, [op_names] * len(EDGES), bn_affine, bn_track)
 
-    def forward_plans(self, x: torch.Tensor, plans: dict[str, Plan]) -> torch.Tensor:
-        return self.body.run(x, plans["cell"])
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.stem(x)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.body.layers)
+
+    def layer_cell_type(self, i: int) -> str | None:
+        return "cell" if isinstance(self.body.layers[i], NB201Cell) else None
+
+    def run_layer(self, i: int, x: torch.Tensor, plans: dict[str, Plan]) -> torch.Tensor:
+        return self.body.run_layer(i, x, plans["cell"])
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.head(x)
 
 
 class NB201Network(nn.Module):

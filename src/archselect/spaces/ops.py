@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..registry import Registry
+from ..supernet import Weight
 
 OPS: Registry = Registry("operation")
 
@@ -82,12 +84,134 @@ def skip(C_in, C_out, stride, affine, track):
     return FactorizedReduce(C_in, C_out, affine, track)
 
 
+# -- DARTS ops (the discrete forms, as in DARTS' evaluation network; the DARTS supernet adds BN after pooling) ------
+
+def scaled_bn(norm: nn.BatchNorm2d, x: torch.Tensor, scale: Weight = 1.0) -> torch.Tensor:
+    """scale * norm(x), with the scale folded into the batch norm's affine transform: one pass instead of two, and
+    for a tensor scale (a mixing weight needing a gradient) nothing more is saved for backward than BN saves anyway.
+    Same running-statistics semantics as nn.BatchNorm2d."""
+    if isinstance(scale, float) and scale == 1.0:
+        return norm(x)
+    C = norm.num_features
+    s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(C).contiguous()
+    weight, bias = (norm.weight * s, norm.bias * s) if norm.affine else (s, None)
+    momentum = 0.0 if norm.momentum is None else norm.momentum
+    if norm.training and norm.track_running_stats:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(norm.num_batches_tracked)
+    use_running = not norm.training or norm.track_running_stats
+    return F.batch_norm(x, norm.running_mean if use_running else None, norm.running_var if use_running else None,
+                        weight, bias, norm.training or norm.running_mean is None, momentum, norm.eps)
+
+
+def depthwise_pointwise(dw: nn.Conv2d, pw: nn.Conv2d, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """pw(dw(x)); with `recompute`, neither convolution's output is stored for backward: both are recomputed from x
+    there (x is stored anyway), trading one cheap forward for two activation tensors."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(lambda t: pw(dw(t)), x, use_reentrant=False, preserve_rng_state=False)
+    return pw(dw(x))
+
+
+class SepConv(nn.Module):
+    """DARTS' separable convolution: ReLU, depthwise kxk (strided), pointwise 1x1, BN, then the same again unstrided.
+    `scale` multiplies the output (folded into the last BN); `recompute` see `depthwise_pointwise`."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, affine, track):
+        super().__init__()
+        self.dw1 = nn.Conv2d(C_in, C_in, kernel, stride, padding, groups=C_in, bias=False)
+        self.pw1 = nn.Conv2d(C_in, C_in, 1, bias=False)
+        self.bn1 = bn(C_in, affine, track)
+        self.dw2 = nn.Conv2d(C_in, C_in, kernel, 1, padding, groups=C_in, bias=False)
+        self.pw2 = nn.Conv2d(C_in, C_out, 1, bias=False)
+        self.bn2 = bn(C_out, affine, track)
+        self.recompute = False
+
+    def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: Weight = 1.0) -> torch.Tensor:
+        x = self.bn1(depthwise_pointwise(self.dw1, self.pw1, x if pre_activated else F.relu(x), self.recompute))
+        return scaled_bn(self.bn2, depthwise_pointwise(self.dw2, self.pw2, F.relu(x), self.recompute), scale)
+
+
+class DilConv(nn.Module):
+    """DARTS' dilated separable convolution: ReLU, depthwise kxk with dilation 2, pointwise 1x1, BN. `scale` and
+    `recompute` as in SepConv."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine, track):
+        super().__init__()
+        self.dw = nn.Conv2d(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False)
+        self.pw = nn.Conv2d(C_in, C_out, 1, bias=False)
+        self.bn = bn(C_out, affine, track)
+        self.recompute = False
+
+    def forward(self, x: torch.Tensor, pre_activated: bool = False, scale: Weight = 1.0) -> torch.Tensor:
+        x = depthwise_pointwise(self.dw, self.pw, x if pre_activated else F.relu(x), self.recompute)
+        return scaled_bn(self.bn, x, scale)
+
+
+class _MaxPool3x3(torch.autograd.Function):
+    """3x3 max pool (padding 1) that stores its input only and finds the argmax again in backward: the int64
+    indices PyTorch would keep are twice the size of the output."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.stride = stride
+        return F.max_pool2d(x, 3, stride, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        s = ctx.stride
+        _, indices = F.max_pool2d(x, 3, s, 1, return_indices=True)
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [s, s], [1, 1], [1, 1], False,
+                                                               indices), None
+
+
+class MaxPool(nn.Module):
+    """3x3 max pool (padding 1), with a 1x1 ReLUConvBN first when the channel count changes (never in DARTS)."""
+
+    def __init__(self, C_in, C_out, stride, affine, track):
+        super().__init__()
+        self.pre = None if C_in == C_out else ReLUConvBN(C_in, C_out, 1, 1, 0, affine=affine, track=track)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre is not None:
+            x = self.pre(x)
+        return _MaxPool3x3.apply(x, self.stride) if x.requires_grad else F.max_pool2d(x, 3, self.stride, 1)
+
+
+class Noise(nn.Module):
+    """R-DARTS' `noise` op (space S4): a fresh standard Gaussian sample shaped like the op's output, independent of
+    the input's values, in training and evaluation mode alike (R-DARTS' NoiseOp(stride, mean 0, std 1))."""
+
+    def __init__(self, C_out: int, stride: int):
+        super().__init__()
+        self.C_out, self.stride = C_out, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        s = self.stride
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty(n, self.C_out, (h + s - 1) // s, (w + s - 1) // s, dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
+        return out.normal_()
+
+
 OPS.register("none")(lambda C_in, C_out, stride, affine, track: Zero(C_out, stride))
 OPS.register("skip_connect")(skip)
 OPS.register("nor_conv_1x1")(lambda C_in, C_out, stride, affine, track: ReLUConvBN(C_in, C_out, 1, stride, 0, 1, affine, track))
 OPS.register("nor_conv_3x3")(lambda C_in, C_out, stride, affine, track: ReLUConvBN(C_in, C_out, 3, stride, 1, 1, affine, track))
 OPS.register("avg_pool_3x3")(lambda C_in, C_out, stride, affine, track: AvgPool(C_in, C_out, stride, affine, track))
+# DARTS (avg_pool_3x3 and skip_connect above are DARTS' own definitions too)
+OPS.register("max_pool_3x3")(lambda C_in, C_out, stride, affine, track: MaxPool(C_in, C_out, stride, affine, track))
+OPS.register("sep_conv_3x3")(lambda C_in, C_out, stride, affine, track: SepConv(C_in, C_out, 3, stride, 1, affine, track))
+OPS.register("sep_conv_5x5")(lambda C_in, C_out, stride, affine, track: SepConv(C_in, C_out, 5, stride, 2, affine, track))
+OPS.register("dil_conv_3x3")(lambda C_in, C_out, stride, affine, track: DilConv(C_in, C_out, 3, stride, 2, 2, affine, track))
+OPS.register("dil_conv_5x5")(lambda C_in, C_out, stride, affine, track: DilConv(C_in, C_out, 5, stride, 4, 2, affine, track))
+OPS.register("noise")(lambda C_in, C_out, stride, affine, track: Noise(C_out, stride))
 
 # Ops whose first layer is a ReLU of their input: a cell may compute that ReLU once per node and pass it pre-activated.
-PRE_ACTIVATED = frozenset({"nor_conv_1x1", "nor_conv_3x3"})
+PRE_ACTIVATED = frozenset({"nor_conv_1x1", "nor_conv_3x3",
+                           "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"})
 PARAMETER_FREE = frozenset({"none", "skip_connect", "avg_pool_3x3", "max_pool_3x3", "noise"})

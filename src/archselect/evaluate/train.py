@@ -1,0 +1,251 @@
+"""Retraining an architecture from scratch: its discrete network trained on the dataset's train split and scored on
+its test split, with parameters and FLOPs, checkpointed every epoch and resumable after a kill.
+
+    RUN/architecture.json   the architecture trained          RUN/metrics.jsonl   one record per epoch
+    RUN/checkpoints/train-EPOCH.*                             RUN/result.json     test accuracy, params, FLOPs
+
+Protocols (`train` section of the config): NAS-Bench-201 (the defaults: C=16, N=5, 200 epochs, batch 256, SGD
+Nesterov lr 0.1 cosine to 0, wd 5e-4) and DARTS (configs/train-darts-paper.yaml: C=36, 20 cells, 600 epochs, batch
+96, lr 0.025 cosine, momentum 0.9, wd 3e-4, cutout 16, auxiliary weight 0.4, drop-path 0.2, grad clip 5). Drop-path
+grows linearly from 0 to `train.drop_path` over the epochs (DARTS' `drop_path_prob * epoch / epochs`). The schedule
+steps once per epoch; batch k of epoch e is a pure function of (seed, e, k) and the RNG state is checkpointed, so a
+resumed run ends exactly where an uninterrupted one does (in deterministic mode).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..arch import Architecture, load_architecture
+from ..components import space_of, to_device
+from ..config import RunConfig, SpaceConfig, TrainConfig
+from ..data import ImageSet, Loader, load_dataset
+from ..environment import rng_state, set_rng_state
+from ..errors import UserError
+from ..runs import RunDir, load_latest_checkpoint, read_json, save_checkpoint
+from ..search.loop import evaluate
+from .flops import count_flops, count_parameters
+
+CHECKPOINT = "train"
+ARCH_FILE = "architecture.json"
+
+
+@dataclass
+class TrainData:
+    train: Loader
+    test: Loader
+    dataset: str
+
+
+def _subset(ds: ImageSet, n: int | None, seed: int) -> ImageSet:
+    if n is None:
+        return ds
+    if n > len(ds):
+        raise UserError(f"train.subset={n} but {ds.name}'s train split has only {len(ds)} images")
+    return ds.subset(torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values)
+
+
+def train_data(cfg: RunConfig, device: torch.device) -> TrainData:
+    """The (subset of the) train split, augmented and shuffled; the whole test split, in order."""
+    d, t = cfg.data, cfg.train
+    train = _subset(load_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download), t.subset, cfg.seed)
+    test = load_dataset(d.dataset, "test", data_dir=d.data_dir, download=d.download)
+    common = dict(device=device, image_size=d.image_size, channels_last=t.channels_last)
+    return TrainData(
+        Loader(train, t.batch_size, seed=cfg.seed, augment=t.augment, cutout=t.cutout, **common),
+        Loader(test, d.eval_batch_size, seed=cfg.seed, augment=False, shuffle=False, drop_last=False, **common),
+        d.dataset)
+
+
+def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_classes: int) -> nn.Module:
+    """The discrete network of `arch` at the retraining size (train.C, train.N), affine BN with running statistics.
+    The space is the architecture's own with default settings: the cells name their ops, so the search's space
+    variant and supernet options (partial channels, BN policy) do not apply."""
+    t = cfg.train
+    space = space_of(replace(cfg, space=SpaceConfig(name=arch.space, C=t.C, N=t.N)), in_channels, num_classes)
+    if arch.space == "nb201":
+        if t.auxiliary_weight or t.drop_path:
+            raise UserError("NAS-Bench-201 networks have no auxiliary head and no drop-path: "
+                            "set train.auxiliary_weight=0 and train.drop_path=0")
+        return space.network(arch, bn_affine=True)
+    return space.network(arch, C=t.C, layers=t.N, auxiliary=t.auxiliary_weight > 0, bn_affine=True)
+
+
+class TrainRun:
+    """One retraining: the network, its optimizer and schedule, the position, and the loop."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, arch: Architecture, device: torch.device,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.run, self.arch, self.device, self.log = cfg, run, arch, device, log
+        t: TrainConfig = cfg.train
+        self.data = train_data(cfg, device)
+        channels, num_classes = self.data.train.image_shape[0], self.data.train.ds.num_classes
+        self.model = to_device(build_network(cfg, arch, channels, num_classes), device, t.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
+                                         weight_decay=t.weight_decay, nesterov=t.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(t.epochs, 1),
+                                                                    eta_min=t.lr_min)
+        self.epoch = 0
+        self.test: dict[str, float] | None = None  # the latest test evaluation
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "epoch": self.epoch,
+                "test": self.test}
+
+    def save(self) -> None:
+        save_checkpoint(self.run.checkpoints, CHECKPOINT, self.epoch, self.state())
+
+    def restore(self) -> bool:
+        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, warn=self.log)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.test = state["epoch"], state["test"]
+        done = self.epoch
+        self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        while self.epoch < self.cfg.train.epochs:
+            self.run_epoch()
+
+    def run_epoch(self) -> None:
+        t, start = self.cfg.train, time.perf_counter()
+        drop_path = t.drop_path * self.epoch / max(t.epochs, 1)
+        if hasattr(self.model, "drop_path_prob"):
+            self.model.drop_path_prob = drop_path
+        self.model.train()
+        sums = {"train_loss": 0.0, "train_acc": 0.0}
+        loader = self.data.train
+        bar = tqdm(loader.epoch(self.epoch), total=len(loader), desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                   leave=False, disable=None, dynamic_ncols=True)
+        for x, y in bar:
+            for k, v in self.train_step(x, y).items():
+                sums[k] += v
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        record = {"epoch": self.epoch, "lr": lr, "drop_path": drop_path,
+                  **{k: v / max(len(loader), 1) for k, v in sums.items()}}
+        if self._evaluate_now():
+            loss, acc = evaluate(self.model, self.data.test)
+            self.test = {"epoch": self.epoch, "test_loss": loss, "test_acc": acc}
+            record.update(test_loss=loss, test_acc=acc)
+        record["seconds"] = time.perf_counter() - start
+        self.run.append_metrics(record)
+        test = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.4f}" if "test_acc" in record else ""
+        self.log(f"epoch {self.epoch + 1}/{t.epochs}  lr {lr:.4f}  train loss {record['train_loss']:.3f} "
+                 f"acc {record['train_acc']:.3f}{test}  {record['seconds']:.1f}s")
+        self.epoch += 1
+        self.save()
+
+    def _evaluate_now(self) -> bool:
+        every, last = self.cfg.train.eval_every, self.epoch == self.cfg.train.epochs - 1
+        return last or (every > 0 and (self.epoch + 1) % every == 0)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        t = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        if t.auxiliary_weight > 0:
+            logits, aux = self.model.forward_aux(x)
+        else:
+            logits, aux = self.model(x), None
+        loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
+        if aux is not None:
+            loss = loss + t.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=t.label_smoothing)
+        loss.backward()
+        if t.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        return {"train_loss": loss.item(), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+
+    # -- the report ----------------------------------------------------------------------------------------------------
+    def result(self) -> dict[str, Any]:
+        if self.test is None:  # zero epochs: the untrained network
+            loss, acc = evaluate(self.model, self.data.test)
+            self.test = {"epoch": -1, "test_loss": loss, "test_acc": acc}
+        flops = count_flops(self.model, self.data.train.image_shape, self.device)
+        metrics = self.run.read_metrics()
+        t = self.cfg.train
+        return {
+            "architecture": self.arch.to_dict(), "space": self.arch.space, "dataset": self.data.dataset,
+            "test_acc": self.test["test_acc"], "test_loss": self.test["test_loss"],
+            "params": count_parameters(self.model), "flops": flops.total, "flops_by_kind": flops.by_kind,
+            "input_shape": list(self.data.train.image_shape), "C": t.C, "N": t.N, "epochs": self.epoch,
+            "train_images": len(self.data.train.ds), "test_images": len(self.data.test.ds),
+            "seconds": sum(m.get("seconds", 0.0) for m in metrics),
+        }
+
+
+# -- the command -------------------------------------------------------------------------------------------------------
+
+def _open_run(arch: Architecture, config: str | None, out: str | None, resume: str | None,
+              overrides: list[str]) -> tuple[RunDir, RunConfig]:
+    from ..config import load_config
+
+    if resume:
+        run = RunDir(resume)
+        if not run.exists():
+            raise UserError(f"{resume} is not a run directory (no config.yaml)")
+        if config or out:
+            raise UserError("--resume takes its config from the run directory; drop --config/--out")
+        stored = Architecture.from_dict(read_json(run.file(ARCH_FILE), "trained architecture"))
+        if str(stored) != str(arch):
+            raise UserError(f"{resume} retrains {stored}, not {arch}")
+        return run, load_config(run.file("config.yaml"), overrides)
+    cfg = load_config(config, overrides)
+    path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    run = RunDir(path)
+    if run.exists():
+        raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
+    return run, cfg
+
+
+def train_command(arch_spec: str, config: str | None = None, out: str | None = None, resume: str | None = None,
+                  overrides: list[str] = (), seed: int | None = None, device: str | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`archselect train`: retrain ARCH (an architecture JSON, result.json or selection file, an NB201 string or a
+    genotype) into a new run directory, or resume one; writes and returns result.json's content."""
+    from ..config import dump_yaml
+    from ..environment import choose_device, configure
+    from ..runs import atomic_write_bytes, atomic_write_json, manifest
+
+    arch = load_architecture(arch_spec)
+    run, cfg = _open_run(arch, config, out, resume, list(overrides))
+    if seed is not None:
+        cfg.seed = seed
+    if device:
+        cfg.device = device
+    dev = choose_device(cfg.device)
+    configure(cfg.seed, cfg.deterministic, cfg.threads)
+    with run:
+        info = manifest(cfg.seed, str(dev))
+        if resume:
+            old = read_json(run.file("manifest.json"), "run manifest")
+            old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
+            info = old
+        atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
+        atomic_write_json(run.file("manifest.json"), info)
+        atomic_write_json(run.file(ARCH_FILE), arch.to_dict())
+        log(f"run directory: {run.path}")
+        trainer = TrainRun(cfg, run, arch, dev, log)
+        if resume and trainer.restore():
+            log(f"resumed at epoch {trainer.epoch + 1}")
+        trainer.train()
+        result = trainer.result()
+        atomic_write_json(run.file("result.json"), result)
+    log(f"{arch}: test accuracy {100 * result['test_acc']:.2f}% on {result['dataset']}, "
+        f"{result['params'] / 1e6:.3f}M parameters, {result['flops'] / 1e6:.2f}M FLOPs")
+    return result

@@ -1,0 +1,297 @@
+"""The split search (`archselect search --split gm|exhaustive`): few-shot NAS as a schedule around the normal search.
+
+    train the supernet up to the first split epoch, α fixed (official warm-up)
+    at each split epoch, every current sub-supernet splits on its own best edge (gradient matching) or on the chosen
+        edge into one sub-supernet per op (exhaustive); children inherit weights, α, optimizer and schedule
+    after the last split: re-initialise each sub-supernet with a fresh cosine schedule (restart `final`, official) or
+        keep the inherited state (`inherit`), then search on with α learned up to search.epochs
+    run the configured selectors in every leaf and keep the leaf whose selection scores best on the search-valid
+        split (one-hot sub-network in its own sub-supernet); `choose: oracle` picks by benchmark instead (analysis)
+
+Every node of the tree is a normal run directory with its own checkpoints (see tree.py), so an interrupted search
+resumes where it stopped. The leaves are independent jobs: `run_leaf` takes only picklable arguments (config, paths,
+device name), so they can later run in parallel.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from ..config import RunConfig, SplitConfig, dump_yaml
+from ..data.loader import derive_seed
+from ..environment import configure, seed_everything
+from ..errors import UserError
+from ..evaluate.lookup import benchmark_metrics
+from ..runs import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from ..search.loop import SearchRun, save_supernet
+from ..selection.evaluator import MaskedEvaluator, take_batches
+from ..selection.stage import build_context, run_selectors
+from .choice import check_oracle, write_result
+from .gradient_matching import candidate_edges, cyclic_batches, measure
+from .partition import best_partition, pick_edge, singletons
+from .settings import Settings, settings_for
+from .split import enabled_ops, split_masks
+from .tree import ROOT, Tree, child_id, node_path, phase
+
+Log = Callable[[str], None]
+
+
+def node_config(cfg: RunConfig, end: int) -> RunConfig:
+    """A node's own config: a plain search up to its phase end (so `archselect select RUN/split/ID` works)."""
+    out = copy.deepcopy(cfg)
+    out.search.epochs = end
+    out.split = SplitConfig()
+    return out
+
+
+def node_seed(seed: int, node_id: str) -> int:
+    return seed if node_id == ROOT else derive_seed(seed, *node_path(node_id))
+
+
+# -- one node ------------------------------------------------------------------------------------------------------
+
+def _skip_arch_step(valid, epoch):
+    return None
+
+
+def freeze_alpha(optimizer) -> None:
+    """Official warm-up: α is not stepped before the last split; the weight step is the optimizer's own."""
+    optimizer.arch_step = _skip_arch_step
+
+
+def schedule_length(s: Settings, level: int, start: int) -> int:
+    """The epochs the node's optimizer schedules (cosine lr, τ) span: all search.epochs, as one schedule runs
+    through the splits, except after a final restart with `restart_schedule: remaining` (DARTS' fix_sche)."""
+    restarted = level == s.levels and s.restart == "final"
+    return s.total_epochs - start if restarted and s.restart_schedule == "remaining" else s.total_epochs
+
+
+def node_search(cfg: RunConfig, s: Settings, run: RunDir, node_id: str, level: int, epochs: tuple[int, int],
+                device: torch.device, log: Log) -> SearchRun:
+    """A SearchRun on the node's directory whose loop stops at the node's phase end while its optimizer schedules
+    span `schedule_length` epochs (SearchRun's loop reads `search.cfg`, the optimizer keeps the config it was built
+    with)."""
+    start, end = epochs
+    search = SearchRun(node_config(cfg, schedule_length(s, level, start)), run, device, _node_log(log, node_id))
+    search.cfg = node_config(cfg, end)
+    return search
+
+
+def _node_log(log: Log, node_id: str) -> Log:
+    return lambda message: log(f"[{node_id}] {message}")
+
+
+def init_node(cfg: RunConfig, s: Settings, tree: Tree, node_id: str, device: torch.device, log: Log,
+              source: SearchRun | None, masks: dict[str, torch.Tensor] | None) -> None:
+    """Create the node's run directory and its first checkpoint (at its start epoch): inherited from `source`,
+    or freshly initialised (the root; the leaves of a final restart) from a seed derived from the node's id."""
+    node = tree.nodes[node_id]
+    start, end = node["epochs"]
+    run = tree.node_dir(node_id)
+    atomic_write_bytes(run.file("config.yaml"), dump_yaml(node_config(cfg, end)).encode())
+    seed_everything(node_seed(cfg.seed, node_id))
+    search = node_search(cfg, s, run, node_id, node["level"], (start, end), device, log)
+    if source is not None:
+        search.supernet.load_state_dict(source.supernet.state_dict())
+        search.optimizer.load_state_dict(source.optimizer.state_dict())
+    elif node_id == ROOT and s.warmup_alpha == "equal":  # DARTS' fix_alpha_equal: a uniform mixture
+        with torch.no_grad():
+            for a in search.supernet.arch_parameters():
+                a.zero_()
+    for ct, m in (masks or {}).items():
+        search.supernet.set_mask(ct, m)
+    search.epoch, search.step, search.meters = start, 0, {}
+    search.save()
+
+
+def open_node(cfg: RunConfig, s: Settings, tree: Tree, node_id: str, device: torch.device, log: Log) -> SearchRun:
+    node = tree.nodes[node_id]
+    search = node_search(cfg, s, tree.node_dir(node_id), node_id, node["level"], node["epochs"], device, log)
+    if not search.restore():
+        raise UserError(f"{tree.node_dir(node_id).path} has no checkpoint; the split tree is damaged "
+                        f"(delete {tree.path} and the split/ folder to restart the split search)")
+    if node["level"] < s.levels and s.warmup_alpha != "learn":
+        freeze_alpha(search.optimizer)
+    return search
+
+
+# -- deciding a split ----------------------------------------------------------------------------------------------
+
+def _candidates(supernet, s: Settings, level: int) -> list[tuple[str, int]]:
+    free = candidate_edges(supernet, s.cell_types)
+    if s.edges is not None:
+        ct, e = s.cell_types[0], s.edges[level]
+        if (ct, e) not in free:
+            raise UserError(f"split.edges[{level}] = {e}: edge {e} of cell type {ct!r} does not exist or is split "
+                            f"already")
+        return [(ct, e)]
+    if not free:
+        raise UserError(f"no edge of cell types {', '.join(s.cell_types)} is left to split at split {level + 1}; "
+                        f"use fewer split.epochs")
+    return free[:1] if s.edge_criterion == "first" else free
+
+
+def decide_split(sn, train, epoch: int, s: Settings, level: int, log: Log) -> dict[str, Any]:
+    """The split of a trained (sub-)supernet `sn`: which edge, which groups, and the evidence (distances, edge
+    scores, cost). Gradients are measured on the first `s.batches` batches of epoch `epoch` of `train`."""
+    names = sn.op_names
+    candidates = _candidates(sn, s, level)
+    criterion = s.edge_criterion if s.edge_criterion in ("cut", "within") else "cut"
+    record: dict[str, Any] = {"epoch": epoch, "criterion": criterion if len(candidates) > 1 else "given",
+                              "candidates": [], "cost": None}
+    if s.method == "exhaustive" and len(candidates) == 1:
+        ct, e = candidates[0]
+        groups = [[k] for k in enabled_ops(sn, ct, e)]
+    else:
+        batches = tqdm(cyclic_batches(train, epoch, s.batches), total=s.batches, leave=False,
+                       desc=f"gradient matching on {len(candidates)} edge(s)", disable=None, dynamic_ncols=True)
+        measured, cost = measure(sn, candidates, batches, s.distance, s.op_weight)
+        parts = [best_partition(d.mean, s.groups, s.sizes) if s.method == "gm" else singletons(d.mean)
+                 for d in measured]
+        best = pick_edge(parts, criterion)
+        ct, e = measured[best].cell_type, measured[best].edge
+        groups = [[measured[best].ops[i] for i in g] for g in parts[best].groups]
+        record["candidates"] = [{**d.to_dict(names), "within": p.within, "cut": p.cut,
+                                 "groups": [[names[d.ops[i]] for i in g] for g in p.groups]}
+                                for d, p in zip(measured, parts)]
+        record["cost"] = cost
+    src, dst = sn.edges[ct][e]
+    record.update({"cell_type": ct, "edge": e, "nodes": [src, dst], "groups": [[names[k] for k in g] for g in groups]})
+    log(f"split at epoch {epoch}: {ct} edge {e} ({src}->{dst}) into "
+        + " | ".join("{" + ", ".join(g) + "}" for g in record["groups"]))
+    return record
+
+
+def _enabled_names(masks: dict[str, torch.Tensor], op_names) -> dict[str, list[list[str]]]:
+    return {ct: [[op_names[k] for k, on in enumerate(row) if on] for row in m.tolist()] for ct, m in masks.items()}
+
+
+def advance(cfg: RunConfig, s: Settings, tree: Tree, node_id: str, device: torch.device, log: Log) -> list[str]:
+    """Train a node to its split epoch, decide its split (once) and create its children; returns their ids."""
+    node = tree.nodes[node_id]
+    if node["split"] is not None and all(tree.has_checkpoint(c) for c in node["children"]):
+        return node["children"]
+    search = open_node(cfg, s, tree, node_id, device, log)
+    search.train()
+    if node["split"] is None:
+        split = decide_split(search.supernet, search.data.train, search.epoch, s, node["level"],
+                             _node_log(log, node_id))
+        tree.set_split(node_id, split, [child_id(node_id, g) for g in range(len(split["groups"]))])
+    split, names = node["split"], search.supernet.op_names
+    groups = [[names.index(n) for n in g] for g in split["groups"]]
+    level = node["level"] + 1
+    restart = level == s.levels and s.restart == "final"
+    for cid, masks in zip(node["children"], split_masks(search.supernet, split["cell_type"], split["edge"], groups)):
+        tree.add_node(cid, node_id, level, phase(level, s.epochs, s.total_epochs), _enabled_names(masks, names))
+        if not tree.has_checkpoint(cid):
+            init_node(cfg, s, tree, cid, device, log, None if restart else search, masks)
+    return node["children"]
+
+
+# -- leaves --------------------------------------------------------------------------------------------------------
+
+def score_leaf(cfg: RunConfig, run: RunDir, names: list[str], bn: str, device: torch.device,
+               log: Log) -> dict[str, Any]:
+    """Run the selectors on a trained leaf and score each selection: accuracy of its one-hot sub-network in the
+    leaf's supernet on the whole search-valid split, BN in mode `bn` (train: batch statistics, running statistics
+    untouched, as the official code scores projected supernets; eval: the running statistics)."""
+    selections = run_selectors(cfg, run, names, device, log)
+    ctx = build_context(cfg, run, device, log)
+    scorer = MaskedEvaluator(ctx.supernet, take_batches(ctx.valid), bn=bn)
+    out = {}
+    for name, sel in selections.items():
+        outcome = scorer(ctx.supernet.one_hot_weights(sel.architecture))
+        out[name] = {"architecture": str(sel.architecture), "arch": sel.architecture.to_dict(), "bn": bn,
+                     "valid_acc": outcome.accuracy, "valid_loss": outcome.loss,
+                     "benchmark": benchmark_metrics(sel.architecture, cfg.benchmark)}
+    return out
+
+
+def run_leaf(cfg: RunConfig, root: str, leaf_id: str, device: str, log: Log = print) -> dict[str, Any]:
+    """One leaf job (picklable arguments only): finish its search, run the selectors, score them. Idempotent: a
+    finished leaf returns its recorded result; an interrupted one resumes from its checkpoints."""
+    run = RunDir(Path(root) / "split" / leaf_id)
+    done = run.file("leaf.json")
+    if done.exists():
+        return read_json(done, "leaf result")
+    configure(cfg.seed, cfg.deterministic, cfg.threads)
+    dev, s = torch.device(device), settings_for(cfg)
+    ncfg = node_config(cfg, cfg.search.epochs)
+    with run:
+        search = node_search(cfg, s, run, leaf_id, s.levels, phase(s.levels, s.epochs, s.total_epochs), dev, log)
+        if not search.restore():
+            raise UserError(f"{run.path} has no checkpoint; resume the split search from {root}")
+        search.train()
+        save_supernet(run, search.supernet)
+        metrics = run.read_metrics()
+        result = {"id": leaf_id,
+                  "enabled": _enabled_names({ct: search.supernet.mask(ct) for ct in search.supernet.cell_types},
+                                            search.supernet.op_names),
+                  "supernet_valid_acc": metrics[-1]["search_valid_acc"] if metrics else None,
+                  "selections": score_leaf(ncfg, run, list(cfg.select.selectors), s.bn, dev,
+                                           _node_log(log, leaf_id))}
+        atomic_write_json(done, result)
+    return result
+
+
+# -- the driver ----------------------------------------------------------------------------------------------------
+
+def open_tree(cfg: RunConfig, run: RunDir, s: Settings) -> Tree:
+    return Tree.open(run, dataclasses.asdict(s) | {"seed": cfg.seed, "optimizer": cfg.search.optimizer})
+
+
+def split_search(cfg: RunConfig, run: RunDir, device: torch.device, log: Log = print) -> dict[str, Any]:
+    """The whole split search in `run` (new or interrupted); writes RUN/result.json and returns it."""
+    s = settings_for(cfg)
+    check_oracle(cfg, s)
+    tree = open_tree(cfg, run, s)
+    if not tree.has_checkpoint(ROOT):
+        init_node(cfg, s, tree, ROOT, device, log, None, None)
+    frontier = [ROOT]
+    for _ in s.epochs:
+        frontier = [c for node_id in frontier for c in advance(cfg, s, tree, node_id, device, log)]
+    tree.set_leaves(frontier)
+    log(f"{len(frontier)} sub-supernets: {', '.join(frontier)}")
+    for leaf in frontier:
+        if tree.nodes[leaf]["result"] is None:
+            tree.set_result(leaf, run_leaf(cfg, str(run.path), leaf, str(device), log))
+    result = write_result(cfg, run, tree, s, list(cfg.select.selectors))
+    log(f"chosen sub-supernet {result['split']['leaf']} ({result['split']['label']})")
+    return result
+
+
+def reselect(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device, log: Log = print) -> dict[str, Any]:
+    """`archselect select` on a finished split search: run the selectors in every leaf and choose again."""
+    s = settings_for(cfg)
+    check_oracle(cfg, s)
+    tree = open_tree(cfg, run, s)
+    if not tree.record["leaves"] or any(tree.nodes[i]["result"] is None for i in tree.record["leaves"]):
+        raise UserError(f"{run.path}: the split search is unfinished; finish it with archselect search --resume")
+    for leaf in tree.record["leaves"]:
+        leaf_run = tree.node_dir(leaf)
+        result = dict(tree.nodes[leaf]["result"])
+        with leaf_run:
+            ncfg = node_config(cfg, cfg.search.epochs)
+            result["selections"] = {**result["selections"],
+                                    **score_leaf(ncfg, leaf_run, names, s.bn, device, _node_log(log, leaf))}
+            atomic_write_json(leaf_run.file("leaf.json"), result)
+        tree.set_result(leaf, result)
+    return write_result(cfg, run, tree, s, names)
+
+
+def analyse(cfg: RunConfig, run: RunDir, device: torch.device, log: Log = print) -> dict[str, Any]:
+    """`archselect split RUN`: the gradient-matching split the trained supernet of RUN would make, with every
+    candidate edge's distances and scores (written to RUN/split-scores.json). Nothing is trained or changed."""
+    gm = copy.deepcopy(cfg)
+    gm.split.method = "gm"
+    s = settings_for(gm)
+    ctx = build_context(cfg, run, device, log)
+    record = decide_split(ctx.supernet, ctx.train, len(run.read_metrics()), s, 0, log=lambda message: None)
+    record["settings"] = dataclasses.asdict(s)
+    atomic_write_json(run.file("split-scores.json"), record)
+    return record

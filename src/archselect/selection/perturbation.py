@@ -1,0 +1,274 @@
+"""DARTS-PT (Wang et al., ICLR 2021): perturbation-based selection on a copy of the supernet.
+
+Edges are decided one at a time (one edge per cell type per decision, in seeded random order as official, or in edge
+order). For the edge, each enabled op is removed in turn (its mixing weight set to 0, no renormalisation) and the
+supernet's search-validation accuracy measured; the edge keeps the op whose removal hurts most (crit acc: lowest
+accuracy; crit loss: highest loss) and becomes one-hot (its mask restricted to that op). Between decisions the copy
+is fine-tuned on the search-train split: SGD on the weights and, when the search trained α by first-order DARTS, Adam
+steps on α as well (a fixed-α / "blank" supernet keeps α fixed). In spaces whose nodes keep a fixed number of inputs
+(`space.inputs_per_node`, DARTS: 2) the topology step follows (topology.py), as in the official DARTS-space code.
+
+Scores are accuracy drops (full accuracy − accuracy without the op; crit loss: loss increase), so higher = more
+important; an op that is `none` or disabled scores exactly 0. Progress is checkpointed after every decision.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import SearchConfig
+from ..data import derive_seed
+from ..environment import rng_state, set_rng_state
+from ..errors import UserError
+from ..supernet import Supernet
+from .base import Cost, Selection, Selector, as_lists, register
+from .evaluator import EVALUATORS, check_bn_mode, make_evaluator, rebatch, take_batches
+from .progress import Progress, fingerprint
+from .topology import nodes_to_prune, select_inputs
+
+CRITERIA = ("acc", "loss")
+ORDERS = ("random", "fixed")
+ALPHA_MODES = ("auto", "yes", "no")
+
+
+@dataclass
+class PerturbationOptions:
+    crit: str = "acc"                 # acc: keep the op whose removal leaves the lowest accuracy | loss (paper: acc)
+    edge_order: str = "random"        # random (paper) | fixed: edge index order
+    tune_epochs: float = 0.5          # fine-tuning between decisions, in epochs of search-train (paper: proj_intv 5)
+    tune_steps: int | None = None     # fine-tuning steps between decisions; overrides tune_epochs when set
+    lr: float = 0.0025                # fine-tuning SGD learning rate (paper: search lr / 10 = 0.0025)
+    lr_min: float | None = None       # cosine-anneal to this over all fine-tuning (paper: none on NB201, 0.001 on DARTS)
+    momentum: float = 0.9             # paper: 0.9
+    weight_decay: float = 3e-4        # paper: 3e-4
+    grad_clip: float = 5.0            # paper: 5
+    update_alpha: str = "auto"        # auto: as the search did (first-order DARTS steps iff it trained α by DARTS) | yes | no
+    valid_batches: int | None = 4     # scoring batches of the search-valid split (paper: all of it, null)
+    bn: str = "train"                 # BN while scoring: train (paper; batch statistics, running stats untouched) | eval
+    topology: bool = True             # spaces with `inputs_per_node` (DARTS): prune node inputs after the ops (paper)
+    cache_mb: float = 1024.0          # memory for cached layer states (see evaluator.py)
+    evaluator: str = "efficient"      # efficient | naive (recompute everything; for checks and benchmarks)
+
+    def check(self, prefix: str) -> None:
+        rules = [
+            (self.crit in CRITERIA, "crit", f"one of {', '.join(CRITERIA)}"),
+            (self.edge_order in ORDERS, "edge_order", f"one of {', '.join(ORDERS)}"),
+            (self.update_alpha in ALPHA_MODES, "update_alpha", f"one of {', '.join(ALPHA_MODES)}"),
+            (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}"),
+            (self.tune_epochs >= 0, "tune_epochs", ">= 0"),
+            (self.tune_steps is None or self.tune_steps >= 0, "tune_steps", ">= 0"),
+            (self.valid_batches is None or self.valid_batches >= 1, "valid_batches", "at least 1 (or null: all)"),
+            (self.lr > 0 and (self.lr_min is None or self.lr_min >= 0), "lr", "> 0 (and lr_min >= 0)"),
+            (self.cache_mb >= 0, "cache_mb", ">= 0"),
+        ]
+        for ok, key, allowed in rules:
+            if not ok:
+                raise UserError(f"{prefix}.{key} must be {allowed}, got {getattr(self, key)!r}")
+        check_bn_mode(self.bn, f"{prefix}.bn")
+
+
+# -- fine-tuning between decisions ------------------------------------------------------------------------------------
+
+def trains_alpha_by_darts(search: SearchConfig | None) -> bool:
+    """Whether the run's search optimizer updated α by (first- or second-order) DARTS gradient steps."""
+    if search is None:
+        return False
+    from ..search import OPTIMIZERS
+    from ..search.darts import DartsFirstOrder
+
+    return search.optimizer in OPTIMIZERS and issubclass(OPTIMIZERS.get(search.optimizer), DartsFirstOrder)
+
+
+class FineTuner:
+    """SGD on the copy's weights (and optional first-order DARTS Adam steps on α). Step g uses train batch g and
+    valid batch g of the loaders' seeded streams, so a resumed fine-tuning sees the same batches."""
+
+    def __init__(self, supernet: Supernet, train, valid, o: PerturbationOptions, search: SearchConfig | None,
+                 alpha: bool, total_steps: int):
+        self.supernet, self.train, self.valid, self.o = supernet, train, valid, o
+        self.total_steps, self.step = max(total_steps, 1), 0
+        self.w_optimizer = torch.optim.SGD(supernet.weight_parameters(), lr=o.lr, momentum=o.momentum,
+                                           weight_decay=o.weight_decay)
+        s = search or SearchConfig()
+        self.a_optimizer = (torch.optim.Adam(supernet.arch_parameters(), lr=s.a_lr, betas=(s.a_beta1, s.a_beta2),
+                                             weight_decay=s.a_weight_decay) if alpha else None)
+
+    def lr(self) -> float:
+        o = self.o
+        if o.lr_min is None:
+            return o.lr
+        return o.lr_min + (o.lr - o.lr_min) * (1 + math.cos(math.pi * self.step / self.total_steps)) / 2
+
+    def run(self, steps: int, cost: Cost) -> None:
+        self.supernet.train()
+        for _ in range(steps):
+            for group in self.w_optimizer.param_groups:
+                group["lr"] = self.lr()
+            if self.a_optimizer is not None:
+                self._alpha_step(self._batch(self.valid), cost)
+            self._weight_step(self._batch(self.train), cost)
+            self.step += 1
+
+    def _batch(self, loader):
+        return loader.batch(*divmod(self.step, len(loader)))
+
+    def _alpha_step(self, batch, cost: Cost) -> None:
+        x, y = batch
+        alphas = self.supernet.arch_parameters()
+        loss = F.cross_entropy(self.supernet(x, self.supernet.mixing_weights()), y)
+        grads = torch.autograd.grad(loss, alphas)
+        for a, g in zip(alphas, grads):
+            a.grad = torch.nan_to_num(g, 0.0, 0.0, 0.0)  # an edge pruned to no op has a 0/0 softmax gradient
+        self.a_optimizer.step()
+        cost.count(y.numel(), backward=True)
+
+    def _weight_step(self, batch, cost: Cost) -> None:
+        x, y = batch
+        self.w_optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.supernet(x, self.supernet.mixing_weights(detach=True)), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.o.grad_clip)
+        self.w_optimizer.step()
+        cost.count(y.numel(), backward=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        out = {"step": self.step, "w_optimizer": self.w_optimizer.state_dict()}
+        if self.a_optimizer is not None:
+            out["a_optimizer"] = self.a_optimizer.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        if self.a_optimizer is not None:
+            self.a_optimizer.load_state_dict(state["a_optimizer"])
+
+
+# -- decisions --------------------------------------------------------------------------------------------------------
+
+def decision_events(supernet: Supernet, order: str, seed: int, inputs_per_node: int | None) -> list[list[tuple]]:
+    """The decisions, in order: each is a list of (kind, cell type, edge or node), one per cell type. Op decisions
+    first (every edge), then topology decisions (every node with too many inputs), each in seeded random order."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, 0x50, 0x54))
+
+    def arrange(items: list[int]) -> list[int]:
+        if order == "fixed":
+            return items
+        return [items[i] for i in torch.randperm(len(items), generator=gen).tolist()]
+
+    def interleave(kind: str, per_type: dict[str, list[int]]) -> list[list[tuple]]:
+        n = max((len(v) for v in per_type.values()), default=0)
+        return [[(kind, ct, items[i]) for ct, items in per_type.items() if i < len(items)] for i in range(n)]
+
+    cts = supernet.cell_types
+    events = interleave("op", {ct: arrange(list(range(len(supernet.edges[ct])))) for ct in cts})
+    if inputs_per_node:
+        events += interleave("node", {ct: arrange(nodes_to_prune(supernet, ct, inputs_per_node)) for ct in cts})
+    return events
+
+
+def decide_op(supernet: Supernet, evaluate, cell_type: str, edge: int, crit: str,
+              keep_none: bool = True) -> dict[str, Any] | None:
+    """Score every enabled op of `edge` by removal, make the edge one-hot on the winner; returns the record.
+    `keep_none=False` never lets `none` win (spaces that prune node inputs drop edges by topology instead)."""
+    mask = supernet.mask(cell_type)
+    enabled = mask[edge].nonzero().flatten().tolist()
+    candidates = [k for k in enabled if keep_none or supernet.op_names[k] != "none"] or enabled
+    if not enabled:
+        return None
+    base = supernet.mixing_weights(detach=True)
+    full = evaluate(base)
+    K = len(supernet.op_names)
+    accuracy, loss = [full.accuracy] * K, [full.loss] * K  # removing a disabled op changes nothing
+    for k in enabled:
+        w = {ct: t.clone() for ct, t in base.items()}
+        w[cell_type][edge, k] = 0.0
+        out = evaluate(w)
+        accuracy[k], loss[k] = out.accuracy, out.loss
+    if crit == "acc":
+        chosen = min(candidates, key=lambda k: (accuracy[k], k))
+        scores = [full.accuracy - a for a in accuracy]
+    else:
+        chosen = max(candidates, key=lambda k: (loss[k], -k))
+        scores = [v - full.loss for v in loss]
+    decided = mask.clone()
+    decided[edge] = False
+    decided[edge, chosen] = True
+    supernet.set_mask(cell_type, decided)
+    src, dst = supernet.edges[cell_type][edge]
+    return {"kind": "op", "cell_type": cell_type, "edge": edge, "edge_name": f"{src}->{dst}",
+            "op": supernet.op_names[chosen], "full_accuracy": full.accuracy, "full_loss": full.loss,
+            "accuracy": accuracy, "loss": loss, "scores": scores}
+
+
+@register("perturbation")
+class Perturbation(Selector):
+    Options = PerturbationOptions
+
+    def __init__(self, options: dict | None = None):
+        super().__init__(options)
+        self.options.check(f"select.options.{self.name}")
+
+    def run(self, ctx) -> Selection:
+        o = self.options
+        search = ctx.search
+        alpha = o.update_alpha == "yes" or (o.update_alpha == "auto" and trains_alpha_by_darts(search))
+        keep = getattr(ctx.space, "inputs_per_node", None) if o.topology else None
+        net = copy.deepcopy(ctx.supernet)
+        events = decision_events(net, o.edge_order, ctx.seed, keep)
+        per_event = o.tune_steps if o.tune_steps is not None else round(o.tune_epochs * len(ctx.train))
+        alpha_stream = rebatch(ctx.valid, ctx.train.batch_size, seed=ctx.seed + 1, shuffle=True, drop_last=True)
+        tuner = FineTuner(net, ctx.train, alpha_stream, o, search, alpha, per_event * (len(events) - 1))
+        batches = take_batches(ctx.valid, o.valid_batches)
+
+        progress = Progress(ctx.workdir, self.name, fingerprint(ctx.supernet, o, ctx.seed, [alpha, keep]), ctx.log)
+        cost, records, done = Cost(), [], 0
+        saved = progress.load()
+        if saved is not None:
+            net.load_state_dict(saved["supernet"])
+            tuner.load_state_dict(saved["tuner"])
+            set_rng_state(saved["rng"])
+            cost, records, done = Cost(**saved["cost"]), saved["records"], saved["done"]
+            ctx.log(f"  resuming {self.name} after {done} of {len(events)} decisions")
+
+        for i in range(done, len(events)):
+            if i > 0:
+                tuner.run(per_event, cost)
+            evaluate = make_evaluator(o.evaluator, net, batches, bn=o.bn, cost=cost, cache_mb=o.cache_mb)
+            for kind, ct, where in events[i]:
+                record = (decide_op(net, evaluate, ct, where, o.crit, keep_none=not keep) if kind == "op"
+                          else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, o.crit)})
+                if record is not None:
+                    records.append(record)
+                    ctx.log(f"  decision {i + 1}/{len(events)}: {_describe(record)}")
+            progress.save(i + 1, {"supernet": net.state_dict(), "tuner": tuner.state_dict(), "rng": rng_state(),
+                                  "cost": vars(cost), "records": records, "done": i + 1})
+        progress.clear()
+        return self._selection(ctx, net, records, cost, alpha, per_event, done)
+
+    def _selection(self, ctx, net: Supernet, records, cost: Cost, alpha: bool, per_event: int, resumed: int):
+        K = len(net.op_names)
+        scores = {ct: torch.zeros(len(net.edges[ct]), K, dtype=torch.float64) for ct in net.cell_types}
+        chosen = {ct: torch.zeros(len(net.edges[ct]), K) for ct in net.cell_types}
+        for r in records:
+            if r["kind"] == "op":
+                scores[r["cell_type"]][r["edge"]] = torch.tensor(r["scores"], dtype=torch.float64)
+        masks = {ct: net.mask(ct).cpu() for ct in net.cell_types}
+        for ct in net.cell_types:
+            chosen[ct][masks[ct]] = 1.0  # one-hot on decided edges, all zero on pruned ones
+        arch = ctx.space.derive(chosen, masks)
+        details = {"crit": self.options.crit, "update_alpha": alpha, "tune_steps_per_decision": per_event,
+                   "decisions": records, "resumed_after": resumed}
+        return Selection(self.name, arch, as_lists(scores), None, cost, details)
+
+
+def _describe(r: dict[str, Any]) -> str:
+    if r["kind"] == "op":
+        return f"{r['cell_type']} edge {r['edge_name']} -> {r['op']} (full accuracy {r['full_accuracy']:.3f})"
+    return f"{r['cell_type']} node {r['node']} keeps edges {r['kept']}"

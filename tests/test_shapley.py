@@ -1,0 +1,233 @@
+"""Shapley-NAS: exact Shapley values on a small game, the Monte-Carlo removal estimator against them, the selector on a
+planted supernet, kill/resume, and the Shapley search mode end to end through the CLI."""
+import itertools
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from archselect.cli import main
+from archselect.config import SearchConfig
+from archselect.data import ImageSet, Loader
+from archselect.search.shapley import ShapleySearch, normalised
+from archselect.selection import shapley as shapley_mod
+from archselect.selection.base import Cost
+from archselect.selection.evaluator import MaskedEvaluator
+from archselect.selection.magnitude import Magnitude
+from archselect.selection.shapley import (ShapleyOptions, ShapleySelector, batch_source, estimate, exact_shapley,
+                                          permutation, removal_contributions)
+from archselect.spaces.nb201 import EDGES, NB201Space
+from archselect.supernet import Supernet, weighted_sum
+
+from conftest import tiny_idx_dir
+from test_evaluator import random_alphas, tiny_context
+
+PLAYERS = [0, 1, 2, 3]
+
+
+def game(S: frozenset) -> float:
+    """A 4-player game with synergy (0 and 1), redundancy (2 and 3) and a convex size term."""
+    v = sum({0: 1.0, 1: 2.0, 2: 0.5, 3: 0.25}[i] for i in S) + 0.3 * len(S) ** 2
+    return v + 1.5 * ({0, 1} <= S) - 0.6 * ({2, 3} <= S)
+
+
+def present_value(present):
+    return game(frozenset(i for i, p in enumerate(present) if p))
+
+
+def test_exact_shapley_is_efficient_and_symmetric():
+    phi = exact_shapley(game, PLAYERS)
+    assert sum(phi.values()) == pytest.approx(game(frozenset(PLAYERS)) - game(frozenset()))
+    # a symmetric game gives equal values; a dummy player gets 0
+    sym = exact_shapley(lambda S: float(len(S & {0, 1, 2}) ** 2), PLAYERS)
+    assert sym[0] == pytest.approx(sym[1]) == pytest.approx(sym[2]) == pytest.approx(3.0) and sym[3] == 0.0
+
+
+def test_removal_order_over_all_permutations_is_exact():
+    rows = [removal_contributions(present_value, 4, order, -math.inf).contributions
+            for order in itertools.permutations(PLAYERS)]
+    mean = torch.tensor(rows, dtype=torch.float64).mean(0)
+    phi = exact_shapley(game, PLAYERS)
+    assert mean.tolist() == pytest.approx([phi[i] for i in PLAYERS], abs=1e-12)
+    for r in rows:  # untruncated, each permutation is itself efficient
+        assert sum(r) == pytest.approx(game(frozenset(PLAYERS)) - game(frozenset()))
+
+
+def test_monte_carlo_converges_to_exact():
+    phi = torch.tensor([exact_shapley(game, PLAYERS)[i] for i in PLAYERS], dtype=torch.float64)
+
+    def error(m):
+        rows = [removal_contributions(present_value, 4, permutation(4, 7, j), -math.inf).contributions
+                for j in range(m)]
+        return (torch.tensor(rows, dtype=torch.float64).mean(0) - phi).abs().max().item()
+
+    assert error(3000) < 0.05 < error(3)
+
+
+def test_truncation_leaves_unreached_players_at_zero():
+    out = removal_contributions(lambda p: float(sum(p)), 4, [2, 0, 3, 1], 0.6)
+    assert out.contributions == [1.0, 0.0, 1.0, 0.0] and out.removed == 2 and out.full == 4.0
+
+
+# -- a planted supernet: only nor_conv_3x3 on edge 3 (0->3) carries the label ---------------------------------------
+
+class Planted(Supernet):
+    """NB201 cell with hand-set ops on 2-channel images. Channel 0 holds the label's sign, channel 1 noise; the
+    classifier reads channel 1 of the cell output, which the label reaches only through nor_conv_3x3 on edge 0->3
+    (centre weight 40 from channel 0 to channel 1). Every other conv is zero; skip and pooling carry the noise."""
+
+    def __init__(self):
+        super().__init__({"cell": EDGES}, NB201Space.op_names, 0.0)
+        self.edge_ops = nn.ModuleList()
+        for e in range(len(EDGES)):
+            c1, c3 = nn.Conv2d(2, 2, 1, bias=False), nn.Conv2d(2, 2, 3, padding=1, bias=False)
+            nn.init.zeros_(c1.weight)
+            nn.init.zeros_(c3.weight)
+            if EDGES[e] == (0, 3):
+                with torch.no_grad():
+                    c3.weight[1, 0, 1, 1] = 40.0
+            self.edge_ops.append(nn.ModuleDict({"skip_connect": nn.Identity(), "nor_conv_1x1": c1, "nor_conv_3x3": c3,
+                                                "avg_pool_3x3": nn.AvgPool2d(3, 1, 1, count_include_pad=False)}))
+        with torch.no_grad():
+            self.alphas["cell"][3, 1] = 3.0  # α says skip_connect on 0->3
+
+    def stem(self, x):
+        return x
+
+    @property
+    def num_layers(self):
+        return 1
+
+    def layer_cell_type(self, i):
+        return "cell"
+
+    def run_layer(self, i, x, plans):
+        nodes = [x]
+        for dst in range(1, 4):
+            terms = []
+            for e, (src, d) in enumerate(EDGES):
+                if d == dst:
+                    y = weighted_sum([(w, self.edge_ops[e][self.op_names[k]](nodes[src])) for k, w in plans["cell"][e]])
+                    if y is not None:
+                        terms.append((1.0, y))
+            nodes.append(weighted_sum(terms) if terms else torch.zeros_like(x))
+        return nodes[-1]
+
+    def head(self, x):
+        z = x[:, 1].mean(dim=(1, 2))
+        return torch.stack([-z, z], dim=1)
+
+
+def planted_set(n: int, seed: int) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, (n,), generator=g)
+    noise = torch.rand(n, generator=g) - 0.5
+    x = torch.empty(n, 2, 4, 4)
+    x[:, 0] = (128 + 100 * (2 * sign - 1)).float()[:, None, None]
+    x[:, 1] = (128 + 127 * noise)[:, None, None]
+    return ImageSet(x.round().to(torch.uint8), sign.long(), 2, (0.5, 0.5), (0.5, 0.5), "planted", False)
+
+
+def planted_context(workdir=None):
+    return tiny_context(supernet=Planted(), workdir=workdir, train_set=planted_set(64, 0),
+                        valid_set=planted_set(256, 1), eval_batch=128)
+
+
+def test_shapley_finds_the_planted_op_that_alpha_misses():
+    ctx = planted_context()
+    assert Magnitude().select(ctx).architecture.cell("cell").op_on(0, 3) == "skip_connect"
+    s = ShapleySelector({"permutations": 8, "batch_size": 128}).select(ctx)
+    scores = torch.tensor(s.scores["cell"])
+    assert divmod(int(scores.argmax()), scores.shape[1]) == (3, 3)
+    assert scores[3, 3] > 0.3 and scores[:, 0].abs().max() == 0.0  # `none` is a null player
+    assert s.architecture.cell("cell").op_on(0, 3) == "nor_conv_3x3"
+    assert torch.tensor(s.stderr["cell"]).shape == (6, 5)
+
+
+def test_estimate_options():
+    ctx = tiny_context()
+    random_alphas(ctx.supernet)
+    o = ShapleyOptions(permutations=3, batch_size=32, threshold=0.0)
+    est = estimate(ctx.supernet, batch_source(ctx.valid, o, 0), o, 0, Cost())
+    assert est.contributions.shape == (3, 30) and est.removed == [30, 30, 30]
+    mean, std = est.values("mean"), est.contributions.std(0, unbiased=False)
+    assert torch.equal(est.values("mean-std"), mean - std)
+    # untruncated, each permutation's contributions sum to v(all) − v(none) on its own batch
+    zero = {"cell": torch.zeros(6, 5)}
+    for j, (row, full) in enumerate(zip(est.contributions, est.full)):
+        batches = shapley_mod._fresh_batches(batch_source(ctx.valid, o, 0), j, 1)
+        empty = MaskedEvaluator(ctx.supernet, batches)(zero).accuracy
+        assert row.sum().item() == pytest.approx(full - empty, abs=1e-12)
+    with pytest.raises(Exception, match="estimate"):
+        ShapleySelector({"estimate": "median"})
+
+
+def test_kill_and_resume_gives_identical_estimates(tmp_path, monkeypatch):
+    opts = {"permutations": 4, "batch_size": 32}
+    ctx = tiny_context(workdir=tmp_path / "a")
+    random_alphas(ctx.supernet)
+    reference = ShapleySelector(opts).select(ctx)
+
+    ctx.workdir = tmp_path / "b"
+    calls, real = [0], shapley_mod.removal_contributions
+
+    def dies_on_third(*args):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(shapley_mod, "removal_contributions", dies_on_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        ShapleySelector(opts).select(ctx)
+    monkeypatch.setattr(shapley_mod, "removal_contributions", real)
+    resumed = ShapleySelector(opts).select(ctx)
+    assert resumed.details["resumed_after"] == 2
+    assert resumed.scores == reference.scores and resumed.stderr == reference.stderr
+    assert resumed.cost.forward == reference.cost.forward
+    assert not list((tmp_path / "b").glob("shapley-progress-*"))  # progress removed once complete
+
+
+# -- the search mode ----------------------------------------------------------------------------------------------------
+
+def test_alpha_update_normalises_and_keeps_momentum():
+    phi = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    z = normalised(phi, torch.ones(2, 2, dtype=torch.bool))
+    assert z.mean().item() == pytest.approx(0.0) and z.std().item() == pytest.approx(1.0)
+    assert torch.equal(normalised(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)), torch.zeros(2, 2))
+
+    ctx = tiny_context()
+    cfg = SearchConfig(optimizer="shapley", epochs=4, options={"permutations": 2, "batch_size": 32})
+    opt = ShapleySearch(ctx.supernet, cfg, len(ctx.train))
+    assert opt.warmup == 2 and opt.start_epoch(1, ctx.valid) is None
+    alpha, m0 = ctx.supernet.alphas["cell"].detach().clone(), opt.m["cell"].clone()
+    info = opt.start_epoch(2, ctx.valid)
+    assert info["shapley_forward"] > 0
+    m1 = opt.m["cell"]
+    assert torch.allclose(ctx.supernet.alphas["cell"].detach(), alpha + 0.1 * m1)
+    assert not torch.equal(m1, 0.8 * m0)
+    other = ShapleySearch(tiny_context().supernet, cfg, len(ctx.train))
+    other.load_state_dict(opt.state_dict())
+    assert torch.equal(other.m["cell"], m1) and other.cost == opt.cost
+
+
+def test_shapley_search_and_selectors_through_the_cli(tmp_path, capsys):
+    data = tiny_idx_dir(tmp_path / "data")
+    run = tmp_path / "run"
+    code = main(["search", "--out", str(run), f"data.data_dir={data}", "space.C=4", "space.N=1", "data.batch_size=32",
+                 "search.epochs=2", "threads=1", "search.optimizer=shapley", "search.options.warmup_epochs=1",
+                 "search.options.permutations=2", "search.options.batch_size=64"])
+    assert code == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "shapley_forward" not in records[0] and records[1]["shapley_forward"] > 0
+    assert records[0]["alpha"] != records[1]["alpha"]
+    capsys.readouterr()
+    code = main(["select", str(run), "--selector", "magnitude,perturbation,shapley",
+                 "select.options.perturbation.tune_steps=1", "select.options.perturbation.valid_batches=1",
+                 "select.options.shapley.permutations=2", "select.options.shapley.batch_size=32"])
+    out = capsys.readouterr().out
+    assert code == 0 and "perturbation:" in out and "shapley:" in out
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert set(comparison["selectors"]) == {"magnitude", "perturbation", "shapley"}
