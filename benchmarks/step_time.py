@@ -11,8 +11,12 @@ warm-up steps not timed, medians over the repeats):
   cl          the same with channels_last tensors (the default)
   cl+bf16     channels_last and bf16 autocast (search.bf16=true; changes numerics)
 
-    .venv/bin/python benchmarks/step_time.py            # the full grid (includes C=16 N=5 32x32 batch 64), minutes
-    .venv/bin/python benchmarks/step_time.py --quick    # a small grid, about a minute
+Like the CLI, the script makes glibc malloc keep freed memory (--default-malloc: don't). The machine's load average
+is printed before and after: on a shared machine, compare variants within one table, not across tables.
+
+    .venv/bin/python benchmarks/step_time.py                      # the full grid (with C=16 N=5 32x32 batch 64)
+    .venv/bin/python benchmarks/step_time.py --quick              # a small grid, about a minute on an idle machine
+    .venv/bin/python benchmarks/step_time.py --grid 16,5,32,64 --variants reference,cl
 """
 from __future__ import annotations
 
@@ -124,10 +128,13 @@ def batch(B: int, size: int, fmt: torch.memory_format, seed: int):
     return x, torch.randint(0, CLASSES, (B,), generator=g)
 
 
+CLOCK = time.perf_counter  # or time.process_time (--clock cpu)
+
+
 def timed(f: Callable) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     f()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def measure(C: int, N: int, size: int, B: int, names, args) -> dict[str, tuple[float, float]]:
@@ -162,6 +169,9 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--grid", nargs="+", type=config, metavar="C,N,SIZE,BATCH",
                    help="measure these configurations instead, e.g. --grid 16,5,32,64 8,1,16,32")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed seconds (default); cpu: this process's CPU seconds, a proxy that other "
+                        "processes on the machine disturb less (best with --threads 1)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as it is (the CLI makes it keep freed memory: fewer page faults)")
     args = p.parse_args()
@@ -170,10 +180,13 @@ def main() -> None:
     if unknown:
         p.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     tuned = not args.default_malloc and keep_freed_memory()
     grid = args.grid or (QUICK_GRID if args.quick else FULL_GRID)
     print(f"NAS-Bench-201 supernet: first-order DARTS step (α + weights) and eval (batch {args.eval_batch}); "
-          f"{args.threads} threads, torch {torch.__version__}, malloc keeps freed memory: {tuned}; medians of "
+          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, malloc keeps freed memory: {tuned}; "
+          f"medians of "
           f"{args.repeats} steps / {args.eval_repeats} eval batches after {args.warmup} warm-up; "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| C | N | size | batch | variant | s/step | speed-up | eval img/s |")

@@ -274,16 +274,23 @@ def test_masked_ops_are_not_computed():
 
 
 def test_recompute_gives_the_same_step():
-    """Recomputing the depthwise outputs in backward changes memory, not numbers (α and weight gradients, BN stats)."""
+    """Recomputing the depthwise outputs in backward changes memory, not numbers: gradients of α and weights, BN
+    statistics, and a Hessian-vector product in α (double backward through the recomputation)."""
     x, results = torch.randn(2, 3, 8, 8), []
     for recompute in (False, True):
         torch.manual_seed(5)
         supernet = small_space(recompute=recompute).supernet()
-        supernet(x, supernet.mixing_weights()).logsumexp(1).sum().backward()
-        results.append((supernet.state_dict(), {n: p.grad for n, p in supernet.named_parameters()}))
-    (s0, g0), (s1, g1) = results
+        loss = supernet(x, supernet.mixing_weights()).logsumexp(1).sum()
+        alphas = supernet.arch_parameters()
+        g = torch.autograd.grad(loss, alphas, create_graph=True)
+        hvp = torch.autograd.grad(sum(gi.sum() for gi in g), alphas, retain_graph=True)
+        loss.backward()
+        grads = {n: p.grad for n, p in supernet.named_parameters()}
+        results.append((supernet.state_dict(), grads, hvp))
+    (s0, g0, h0), (s1, g1, h1) = results
     assert all(torch.equal(s0[k], s1[k]) for k in s0)
     assert all(torch.equal(g0[k], g1[k]) for k in g0)
+    assert all(torch.equal(a, b) for a, b in zip(h0, h1)) and h0[0].abs().sum() > 0
 
 
 def test_partial_channels_forward_backward():

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +155,7 @@ def assert_same_search(a: Path, b: Path) -> None:
     assert ra["architecture"]["text"] == rb["architecture"]["text"]
 
 
-def test_torchrun_two_processes_match_one(tmp_path, monkeypatch, capsys):
+def test_torchrun_two_processes_match_one(tmp_path, monkeypatch):
     monkeypatch.setattr(Supernet, "train", _train_with_frozen_bn)
     data = tiny_idx_dir(tmp_path / "data")
     single = tmp_path / "single"

@@ -48,7 +48,7 @@ def bench_dir(tmp_path_factory):
     cfg = {"name": "report-test", "description": "A tiny bench for the report tests.",
            "run": {"threads": 1, "benchmark": str(NB201_CSV) if NB201_CSV.is_file() else None,
                    "data": {"dataset": "fashion-mnist", "data_dir": str(data), "batch_size": 32},
-                   "space": {"C": 4, "N": 1}, "search": {"epochs": 2},
+                   "space": {"C": 4, "N": 1}, "search": {"epochs": 1},
                    "select": {"options": {"shapley": {"permutations": 2, "batch_size": 32},
                                           "influence": {"batches": 1},
                                           "perturbation": {"tune_steps": 1, "valid_batches": 1}}}},
@@ -97,9 +97,13 @@ def test_report_holds_the_tables_and_images(report, bench_dir):
         assert f"<summary>{gid}" in text
 
 
-def test_report_command_on_a_bench_and_on_a_run(bench_dir, capsys):
-    assert main(["report", str(bench_dir)]) == 0
-    assert capsys.readouterr().out.strip().endswith("report/index.html")
+def test_report_command_on_a_bench_and_on_a_run(bench_dir, capsys, monkeypatch):
+    import archselect.report.html as report_html
+
+    calls = []
+    monkeypatch.setattr(report_html, "write_bench_report", lambda out, engine: calls.append((out, engine)) or "page")
+    assert main(["report", str(bench_dir)]) == 0  # a bench directory: its comparison page (built in the fixture)
+    assert calls == [(str(bench_dir), "auto")] and capsys.readouterr().out.strip() == "page"
     run = bench_dir / "runs" / "nb201-darts-none-s0"
     assert main(["report", str(run), "--engine", "matplotlib"]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from archselect.cli import main
 from archselect.config import SearchConfig
-from archselect.data import ImageSet, Loader
+from archselect.data import ImageSet
 from archselect.search.shapley import ShapleySearch, normalised
 from archselect.selection import shapley as shapley_mod
 from archselect.selection.base import Cost
@@ -22,7 +22,7 @@ from archselect.spaces.nb201 import EDGES, NB201Space
 from archselect.supernet import Supernet, weighted_sum
 
 from conftest import tiny_idx_dir
-from test_evaluator import random_alphas, tiny_context
+from test_evaluator import random_alphas, single_thread, tiny_context  # noqa: F401  (fixture)
 
 PLAYERS = [0, 1, 2, 3]
 
@@ -190,7 +190,7 @@ def test_kill_and_resume_gives_identical_estimates(tmp_path, monkeypatch):
     assert not list((tmp_path / "b").glob("shapley-progress-*"))  # progress removed once complete
 
 
-# -- the search mode ----------------------------------------------------------------------------------------------------
+# -- the search mode --------------------------------------------------------------------------------------------------
 
 def test_alpha_update_normalises_and_keeps_momentum():
     phi = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
@@ -231,3 +231,33 @@ def test_shapley_search_and_selectors_through_the_cli(tmp_path, capsys):
     assert code == 0 and "perturbation:" in out and "shapley:" in out
     comparison = json.loads((run / "comparison.json").read_text())
     assert set(comparison["selectors"]) == {"magnitude", "perturbation", "shapley"}
+
+
+@pytest.mark.slow
+def test_shapley_search_resumes_mid_epoch_without_a_second_update(tmp_path, capsys, monkeypatch):
+    """Killed inside a Shapley epoch, the resumed search must not estimate and update α again for that epoch."""
+    data = tiny_idx_dir(tmp_path / "data")
+    args = [f"data.data_dir={data}", "space.C=4", "space.N=1", "data.batch_size=32", "search.epochs=2", "threads=1",
+            "search.optimizer=shapley", "search.options.warmup_epochs=1", "search.options.permutations=2",
+            "search.options.batch_size=64", "search.checkpoint_every=1"]
+    assert main(["search", "--out", str(tmp_path / "a"), *args, "--selector", "magnitude"]) == 0
+    calls, real = [0], ShapleySearch.weight_step
+
+    def interrupted(self, batch):
+        calls[0] += 1
+        if calls[0] == 7:  # epoch 1 (4 steps per epoch), after the epoch's α update and two checkpointed steps
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(ShapleySearch, "weight_step", interrupted)
+    assert main(["search", "--out", str(tmp_path / "b"), *args, "--selector", "magnitude"]) == 130
+    monkeypatch.setattr(ShapleySearch, "weight_step", real)
+    assert main(["search", "--resume", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+
+    def final(run):
+        from archselect.runs import load_latest_checkpoint
+        return load_latest_checkpoint(run, "supernet")["supernet"]
+
+    a, b = final(tmp_path / "a"), final(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)

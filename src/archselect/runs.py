@@ -30,6 +30,8 @@ from safetensors.torch import save as st_save
 from .errors import UserError
 
 KEEP_CHECKPOINTS = 2
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (os has no getter)
 
 
 # -- atomic files ---------------------------------------------------------------------------------------------------
@@ -39,6 +41,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode an ordinary open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -68,13 +68,26 @@ def group_rows(cfg: BenchConfig, out: Path, group: Group) -> list[dict[str, Any]
             **_benchmark(sel.architecture, run_cfg.benchmark),
             "retrain_acc": retrained.get(name, math.nan),
             "search_seconds": search_seconds,
-            "select_seconds": float(sel.cost.seconds), "select_forward": float(sel.cost.forward),
-            "select_backward": float(sel.cost.backward),
+            **_selection_cost(run, name, sel),
             "param_free_ops": float(param_free_ops(sel.architecture)),
             "kendall_tau": float(corr.get("kendall_tau", math.nan)), "spearman": float(corr.get("spearman", math.nan)),
             "hessian_eig": _last(metrics, "hessian_eig"),
         })
     return rows
+
+
+def _selection_cost(run: RunDir, name: str, sel) -> dict[str, float]:
+    """The selector's cost; after a split, summed over every sub-supernet it ran in (the choice needs them all)."""
+    from ..selection.base import Selection
+
+    costs = [sel.cost]
+    if is_split(run):
+        leaves = read_json(run.file("result.json"), "split result")["split"]["per_selector"][name]["scores"]
+        paths = [run.file("split", leaf, "selections", f"{name}.json") for leaf in leaves]
+        costs = [Selection.from_dict(read_json(p, "selection")).cost for p in paths if p.is_file()]
+    return {"select_seconds": float(sum(c.seconds for c in costs)),
+            "select_forward": float(sum(c.forward for c in costs)),
+            "select_backward": float(sum(c.backward for c in costs))}
 
 
 def _search_seconds(run: RunDir) -> float:

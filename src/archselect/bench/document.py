@@ -36,7 +36,7 @@ Block = Union[Heading, Para, Table]
 
 HEADERS = {
     "cifar10_valid": "C10 valid", "cifar10_test": "C10 test", "cifar100_test": "C100 test",
-    "imagenet16_valid": "IN16 valid", "imagenet16_test": "IN16 test", "retrain_acc": "retrained acc",
+    "imagenet16_valid": "IN16 valid", "imagenet16_test": "IN16 test", "retrain_acc": "retrained acc (search data)",
     "cifar10_test_error": "C10 test error",
 }
 KIND = {"search_seconds": "seconds", "select_seconds": "seconds", "select_forward": "count",
@@ -131,7 +131,8 @@ def cost_blocks(cfg: BenchConfig, summary: list[dict]) -> list[Block]:
     rows = [[r[k] for k in keys] + [pm(r, m) for m in metrics] for r in summary]
     return [
         Heading(2, "Cost (mean ± std over seeds)"),
-        Para("Search seconds are per supernet, shared by every selector of the group; passes count mini-batches."),
+        Para("Search seconds are per supernet, shared by every selector of the group; passes count mini-batches. "
+             "After a split, a selector's cost sums its runs in every sub-supernet."),
         Table([*keys, "search s", "select s", "forward passes", "backward passes"], rows, "cost"),
     ]
 

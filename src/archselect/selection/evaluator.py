@@ -121,8 +121,10 @@ class MaskedEvaluator:
 
     def reset(self) -> None:
         self._memo: dict[tuple, Outcome] = {}
-        self._cache: OrderedDict[tuple, tuple[Any, list[int]]] = OrderedDict()
+        # key (batch, layer, prefix plans) -> (state, its tensors' version counters, bytes, evaluation last used in)
+        self._cache: OrderedDict[tuple, tuple[Any, list[int], int, int]] = OrderedDict()
         self._cached = 0
+        self._evaluation = 0
 
     def _prefix_cell_types(self) -> dict[int, tuple[str, ...]]:
         """Boundaries worth caching at (layer 0 and each cell type's first layer) -> the cell types read before."""
@@ -141,6 +143,7 @@ class MaskedEvaluator:
         if key in self._memo:
             return self._memo[key]
         correct, count, loss = 0, 0, 0.0
+        self._evaluation += 1
         with self._mode():
             for b, (x, y) in enumerate(self.batches):
                 logits = self._logits(b, x, plans)
@@ -152,6 +155,7 @@ class MaskedEvaluator:
 
     def logits(self, weights: dict[str, torch.Tensor], b: int) -> torch.Tensor:
         """Logits of batch b (for tests and inspection)."""
+        self._evaluation += 1
         with self._mode():
             return self._logits(b, self.batches[b][0], self.plans(weights))
 
@@ -190,27 +194,32 @@ class MaskedEvaluator:
             entry = self._cache.get(key)
             if entry is None:
                 continue
-            state, versions = entry
+            state, versions, size, _ = entry
             if [t._version for t in _tensors(state)] != versions:
                 self._drop(key)
                 continue
+            self._cache[key] = (state, versions, size, self._evaluation)
             self._cache.move_to_end(key)
             return i, state
         return 0, None
 
     def _store(self, key: tuple, state: Any) -> None:
+        """Least recently used first out, but never an entry of the current evaluation: evaluations sweep the batches
+        in order, so when not all fit, keeping the first ones hits every time where plain LRU would never hit."""
         tensors = _tensors(state)
-        size = sum(t.numel() * t.element_size() for t in tensors)
+        size = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
         if key in self._cache or size > self.cache_bytes:
             return
         while self._cached + size > self.cache_bytes:
-            self._drop(next(iter(self._cache)))
-        self._cache[key] = (state, [t._version for t in tensors])
+            oldest = next(iter(self._cache))
+            if self._cache[oldest][3] == self._evaluation:
+                return
+            self._drop(oldest)
+        self._cache[key] = (state, [t._version for t in tensors], size, self._evaluation)
         self._cached += size
 
     def _drop(self, key: tuple) -> None:
-        state, _ = self._cache.pop(key)
-        self._cached -= sum(t.numel() * t.element_size() for t in _tensors(state))
+        self._cached -= self._cache.pop(key)[2]
 
 
 class NaiveEvaluator(MaskedEvaluator):

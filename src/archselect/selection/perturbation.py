@@ -44,13 +44,13 @@ class PerturbationOptions:
     tune_epochs: float = 0.5          # fine-tuning between decisions, in epochs of search-train (paper: proj_intv 5)
     tune_steps: int | None = None     # fine-tuning steps between decisions; overrides tune_epochs when set
     lr: float = 0.0025                # fine-tuning SGD learning rate (paper: search lr / 10 = 0.0025)
-    lr_min: float | None = None       # cosine-anneal to this over all fine-tuning (paper: none on NB201, 0.001 on DARTS)
+    lr_min: float | None = None       # cosine to this over all fine-tuning (paper: none on NB201, 0.001 on DARTS)
     momentum: float = 0.9             # paper: 0.9
     weight_decay: float = 3e-4        # paper: 3e-4
     grad_clip: float = 5.0            # paper: 5
-    update_alpha: str = "auto"        # auto: as the search did (first-order DARTS steps iff it trained α by DARTS) | yes | no
+    update_alpha: str = "auto"        # auto: DARTS α steps iff the search trained α by DARTS (paper) | yes | no
     valid_batches: int | None = 4     # scoring batches of the search-valid split (paper: all of it, null)
-    bn: str = "train"                 # BN while scoring: train (paper; batch statistics, running stats untouched) | eval
+    bn: str = "train"                 # BN while scoring: train (paper; batch stats, running stats untouched) | eval
     topology: bool = True             # spaces with `inputs_per_node` (DARTS): prune node inputs after the ops (paper)
     cache_mb: float = 1024.0          # memory for cached layer states (see evaluator.py)
     evaluator: str = "efficient"      # efficient | naive (recompute everything; for checks and benchmarks)
@@ -122,9 +122,11 @@ class FineTuner:
         x, y = batch
         alphas = self.supernet.arch_parameters()
         loss = F.cross_entropy(self.supernet(x, self.supernet.mixing_weights()), y)
-        grads = torch.autograd.grad(loss, alphas)
+        # α may not reach the loss at all (every remaining op `none`), and an edge pruned to no op has a 0/0
+        # softmax gradient: both mean a zero gradient
+        grads = torch.autograd.grad(loss, alphas, allow_unused=True, materialize_grads=True)
         for a, g in zip(alphas, grads):
-            a.grad = torch.nan_to_num(g, 0.0, 0.0, 0.0)  # an edge pruned to no op has a 0/0 softmax gradient
+            a.grad = torch.nan_to_num(g, 0.0, 0.0, 0.0)
         self.a_optimizer.step()
         cost.count(y.numel(), backward=True)
 

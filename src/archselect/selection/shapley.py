@@ -46,7 +46,8 @@ class ShapleyOptions:
     evaluator: str = "efficient"  # efficient | naive (recompute everything; for checks and benchmarks)
 
     def check(self, prefix: str) -> None:
-        rules = [(self.permutations >= 1, "permutations", "at least 1"), (self.batch_size >= 1, "batch_size", "at least 1"),
+        rules = [(self.permutations >= 1, "permutations", "at least 1"),
+                 (self.batch_size >= 1, "batch_size", "at least 1"),
                  (self.batches >= 1, "batches", "at least 1"), (self.cache_mb >= 0, "cache_mb", ">= 0"),
                  (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
                  (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}")]
@@ -101,7 +102,8 @@ def players_of(supernet: Supernet) -> list[Player]:
     return [(ct, e, k) for ct in supernet.cell_types for e, k in supernet.mask(ct).nonzero().tolist()]
 
 
-def without(base: dict[str, torch.Tensor], players: Sequence[Player], present: Sequence[bool]) -> dict[str, torch.Tensor]:
+def without(base: dict[str, torch.Tensor], players: Sequence[Player],
+            present: Sequence[bool]) -> dict[str, torch.Tensor]:
     """Mixing weights with every absent player's weight set to 0 (no renormalisation)."""
     w = {ct: t.clone() for ct, t in base.items()}
     for (ct, e, k), keep in zip(players, present):
@@ -177,7 +179,7 @@ def _evaluator(supernet, batches, opts: ShapleyOptions, cost: Cost):
 
 
 def _fresh_batches(source: Loader, j: int, count: int):
-    """Batches j·count … j·count+count−1 of the shuffled stream (epoch after epoch): new images per permutation."""
+    """Batches j·count … (j+1)·count − 1 of the shuffled stream, epoch after epoch: new images per permutation."""
     n = len(source)
     return [source.batch(g // n, g % n) for g in range(j * count, (j + 1) * count)]
 
@@ -210,9 +212,9 @@ class ShapleySelector(Selector):
         def checkpoint(rows: list[Permutation]) -> None:
             ctx.log(f"  permutation {len(rows)}/{o.permutations}: full accuracy {rows[-1].full:.3f}, "
                     f"{rows[-1].removed} players removed")
-            progress.save(len(rows), {"contributions": torch.tensor([r.contributions for r in rows], dtype=torch.float64),
-                                      "full": [r.full for r in rows], "removed": [r.removed for r in rows],
-                                      "cost": vars(cost), "rng": rng_state()})
+            contributions = torch.tensor([r.contributions for r in rows], dtype=torch.float64)
+            progress.save(len(rows), {"contributions": contributions, "full": [r.full for r in rows],
+                                      "removed": [r.removed for r in rows], "cost": vars(cost), "rng": rng_state()})
 
         est = estimate(net, batch_source(ctx.valid, o, ctx.seed), o, ctx.seed, cost, done, checkpoint)
         progress.clear()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ..registry import Registry
 from ..supernet import Weight
@@ -106,11 +105,27 @@ def scaled_bn(norm: nn.BatchNorm2d, x: torch.Tensor, scale: Weight = 1.0) -> tor
 
 
 def depthwise_pointwise(dw: nn.Conv2d, pw: nn.Conv2d, x: torch.Tensor, recompute: bool) -> torch.Tensor:
-    """pw(dw(x)); with `recompute`, neither convolution's output is stored for backward: both are recomputed from x
-    there (x is stored anyway), trading one cheap forward for two activation tensors."""
-    if recompute and torch.is_grad_enabled():
-        return checkpoint(lambda t: pw(dw(t)), x, use_reentrant=False, preserve_rng_state=False)
-    return pw(dw(x))
+    """pw(dw(x)). With `recompute`, the pointwise convolution does not store its input dw(x) for backward: backward
+    recomputes it from x, which dw stores anyway — one cheap depthwise pass instead of one activation tensor. (With
+    create_graph the recomputation is itself differentiable, so higher-order gradients stay exact.)"""
+    h = dw(x)
+    if not (recompute and torch.is_grad_enabled()):
+        return pw(h)
+
+    def pack(t: torch.Tensor):
+        return _Recompute(dw, x) if t is h else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
+        return pw(h)
+
+
+class _Recompute:
+    def __init__(self, f, x: torch.Tensor):
+        self.f, self.x = f, x
+
+
+def _unpack(saved):
+    return saved.f(saved.x) if isinstance(saved, _Recompute) else saved
 
 
 class SepConv(nn.Module):

@@ -1,0 +1,111 @@
+"""Cost of the scoring selectors: the efficient masked evaluator against the naive one, same supernet, same budget.
+
+"Naive" is what the official DARTS-PT and Shapley-NAS code does: a full forward of the whole supernet for every weight
+setting, every op of every edge computed (a zero weight multiplies its output). "Efficient" is
+selection/evaluator.py: memo of known outcomes (removing `none` or an op already at 0), prefix cache, zero-weight ops
+not computed. Both give bit-identical scores (the table checks), so the ratio is pure overhead removed.
+
+NAS-Bench-201 supernet (C=16, N=1 and N=5), random 32x32 images with random labels, eval batch 256. Perturbation runs
+without fine-tuning (tune_steps 0: scoring cost only); Shapley with the default truncation (which rarely triggers on
+an untrained supernet and random labels, so most permutations remove all 30 players). Variants alternate per row so
+that the machine's drift hits them alike. Seconds are wall time; CPU is this process's CPU time.
+
+    .venv/bin/python benchmarks/selection_cost.py                     # N=1 and N=5
+    .venv/bin/python benchmarks/selection_cost.py --N 1 --batches 2 --permutations 3
+    .venv/bin/python benchmarks/selection_cost.py --probe-batching    # images/s at batch 256 vs 1024 (lever d)
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from archselect.data import ImageSet, Loader
+from archselect.selection.base import SelectionContext
+from archselect.selection.perturbation import Perturbation
+from archselect.selection.shapley import ShapleySelector
+from archselect.spaces.nb201 import NB201Space
+
+
+def random_set(n: int, size: int = 32, classes: int = 10, seed: int = 0) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return ImageSet(images, labels, classes, (0.5,) * 3, (0.25,) * 3, "random", True)
+
+
+def context(N: int, batch: int, batches: int) -> SelectionContext:
+    space = NB201Space(C=16, N=N)
+    net = space.supernet().to(memory_format=torch.channels_last)  # the search default (search.channels_last)
+    common = dict(seed=0, augment=False, channels_last=True)
+    valid = Loader(random_set(batch * batches, seed=1), batch, shuffle=False, drop_last=False, **common)
+    train = Loader(random_set(64, seed=2), 64, **common)
+    return SelectionContext(space, net, valid, train, torch.device("cpu"), seed=0, log=lambda *_: None)
+
+
+def measure(selector_cls, options: dict, ctx: SelectionContext):
+    cpu = time.process_time()
+    s = selector_cls(options).select(ctx)
+    return s, s.cost.seconds, time.process_time() - cpu
+
+
+def rows_for(N: int, args) -> list[tuple]:
+    ctx = context(N, args.batch, args.batches)
+    budgets = {
+        "perturbation": (Perturbation, {"tune_steps": 0, "valid_batches": args.batches}),
+        "shapley": (ShapleySelector, {"permutations": args.permutations, "batch_size": args.batch,
+                                      "batches": args.batches}),
+    }
+    rows = []
+    for name, (cls, options) in budgets.items():
+        order = ["naive", "efficient"] if len(rows) % 2 == 0 else ["efficient", "naive"]
+        out = {kind: measure(cls, {**options, "evaluator": kind}, ctx) for kind in order}
+        (fast, t_fast, c_fast), (naive, t_naive, c_naive) = out["efficient"], out["naive"]
+        assert fast.scores == naive.scores, f"{name}: efficient and naive scores differ"
+        rows.append((N, name, naive.cost.forward, fast.cost.forward, t_naive, t_fast, c_naive, c_fast))
+        print(f"  N={N} {name}: naive {t_naive:.1f}s, efficient {t_fast:.1f}s", flush=True)
+    return rows
+
+
+def probe_batching(N: int, rounds: int = 3) -> None:
+    """Images per second of one eval-mode forward at batch 256 and 1024: whether stacking weight settings along the
+    batch could pay (lever d). Interleaved rounds, best of each."""
+    net = NB201Space(C=16, N=N).supernet().to(memory_format=torch.channels_last).eval()
+    w = net.mixing_weights(detach=True)
+    best = {}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for b in (256, 1024):
+                x = torch.randn(b, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+                t = time.perf_counter()
+                net(x, w)
+                best[b] = max(best.get(b, 0.0), b / (time.perf_counter() - t))
+    print(f"N={N} eval forward: {best[256]:.0f} img/s at batch 256, {best[1024]:.0f} img/s at batch 1024")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--N", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batches", type=int, default=1, help="scoring batches (perturbation) / per permutation")
+    p.add_argument("--permutations", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
+    p.add_argument("--probe-batching", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.probe_batching:
+        for N in args.N:
+            probe_batching(N)
+        return
+    rows = [r for N in args.N for r in rows_for(N, args)]
+    print(f"\nNB201 C=16, batch {args.batch} x {args.batches}, {args.permutations} Shapley permutations, "
+          f"{args.threads} thread(s); scores identical in every row")
+    print(f"{'N':>2} {'selector':<13} {'fwd naive':>9} {'fwd eff':>8} {'s naive':>8} {'s eff':>7} "
+          f"{'cpu naive':>9} {'cpu eff':>8} {'speed-up':>8}")
+    for N, name, fn, fe, tn, te, cn, ce in rows:
+        print(f"{N:>2} {name:<13} {fn:>9} {fe:>8} {tn:>8.1f} {te:>7.1f} {cn:>9.1f} {ce:>8.1f} {tn / te:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
