@@ -7,7 +7,10 @@ Each measurement runs in a fresh child process, so its peak resident memory (ru_
 the variants are interleaved round by round, so the machine's drift hits them alike. Prints one table:
 
     .venv/bin/python benchmarks/darts_step.py                      # C=16, 8 cells, batch 64, 32x32 (the paper's)
-    .venv/bin/python benchmarks/darts_step.py --rounds 1 --steps 2 --variants K1-cl,K4-cl
+    .venv/bin/python benchmarks/darts_step.py --rounds 1 --steps 2 --variants K1-cl,K4-cl --threads 1
+
+On cores shared with other busy processes, use --threads 1: two OpenMP threads then wait on each other and a step
+can take 10x longer; the CPU-time column stays meaningful either way.
 """
 from __future__ import annotations
 
@@ -48,15 +51,16 @@ def child(args) -> None:
         x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
         return x, torch.randint(0, 10, (args.batch,))
 
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup + args.steps):
         train, valid = batch(), batch()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         opt.step(train, valid, 0)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(json.dumps({"variant": args.variant, "times": times, "peak_gb": peak_gb}))
+    print(json.dumps({"variant": args.variant, "times": times, "cpu": cpu, "peak_gb": peak_gb}))
 
 
 def parent(args) -> None:
@@ -65,6 +69,7 @@ def parent(args) -> None:
     if unknown:
         sys.exit(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float] = {n: 0.0 for n in names}
     common = ["--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch), "--size", str(args.size),
               "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -74,18 +79,21 @@ def parent(args) -> None:
                                  capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             times[n] += result["times"]
+            cpu[n] += result["cpu"]
             peaks[n] = max(peaks[n], result["peak_gb"])
             print(f"round {r + 1}/{args.rounds} {n}: " + ", ".join(f"{t:.2f}" for t in result["times"])
                   + f" s/step, peak {result['peak_gb']:.2f} GB", file=sys.stderr)
     print(f"\nDARTS supernet C={args.C}, {args.layers} cells, batch {args.batch}, {args.size}x{args.size}, "
           f"{args.threads} threads; first-order step (alpha + weights); {args.rounds} rounds x {args.steps} steps")
-    print(f"{'variant':10} {'K':>2} {'channels_last':>13} {'recompute':>9} {'median s/step':>14} {'min':>7} "
-          f"{'peak RSS GB':>12}")
+    print(f"{'variant':12} {'K':>2} {'channels_last':>13} {'recompute':>9} {'median s/step':>14} {'min':>7} "
+          f"{'CPU s/step':>10} {'peak RSS GB':>12}")
     for n in names:
         K, cl, recompute = VARIANTS[n]
         t = times[n]
-        print(f"{n:10} {K:>2} {str(cl):>13} {str(recompute):>9} {statistics.median(t):>14.2f} {min(t):>7.2f} "
-              f"{peaks[n]:>12.2f}")
+        print(f"{n:12} {K:>2} {str(cl):>13} {str(recompute):>9} {statistics.median(t):>14.2f} {min(t):>7.2f} "
+              f"{statistics.median(cpu[n]):>10.2f} {peaks[n]:>12.2f}")
+    print("CPU s/step: the process's CPU time (all threads), a load-robust estimate of the idle-machine wall time "
+          "at 1 thread")
 
 
 def main() -> None:

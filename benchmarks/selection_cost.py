@@ -102,9 +102,10 @@ def main() -> None:
     print(f"\nNB201 C=16, batch {args.batch} x {args.batches}, {args.permutations} Shapley permutations, "
           f"{args.threads} thread(s); scores identical in every row")
     print(f"{'N':>2} {'selector':<13} {'fwd naive':>9} {'fwd eff':>8} {'s naive':>8} {'s eff':>7} "
-          f"{'cpu naive':>9} {'cpu eff':>8} {'speed-up':>8}")
+          f"{'cpu naive':>9} {'cpu eff':>8} {'wall ratio':>10} {'cpu ratio':>9}")
     for N, name, fn, fe, tn, te, cn, ce in rows:
-        print(f"{N:>2} {name:<13} {fn:>9} {fe:>8} {tn:>8.1f} {te:>7.1f} {cn:>9.1f} {ce:>8.1f} {tn / te:>7.2f}x")
+        print(f"{N:>2} {name:<13} {fn:>9} {fe:>8} {tn:>8.1f} {te:>7.1f} {cn:>9.1f} {ce:>8.1f} {tn / te:>9.2f}x "
+              f"{cn / ce:>8.2f}x")
 
 
 if __name__ == "__main__":

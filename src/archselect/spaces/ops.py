@@ -111,9 +111,10 @@ def depthwise_pointwise(dw: nn.Conv2d, pw: nn.Conv2d, x: torch.Tensor, recompute
     h = dw(x)
     if not (recompute and torch.is_grad_enabled()):
         return pw(h)
+    h_ptr = h.data_ptr()  # not h itself: autograd keeps this hook alive until backward, and with it what it holds
 
     def pack(t: torch.Tensor):
-        return _Recompute(dw, x) if t is h else t
+        return _Recompute(dw, x) if t.data_ptr() == h_ptr else t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
         return pw(h)
