@@ -156,20 +156,26 @@ def cmd_search(args) -> int:
         cfg.select.selectors = _names(args.selector)
     if args.seeds:
         return _search_jobs(args, run.path, cfg)
+    executor = None
     if args.executor != "sequential" or args.ray_address:
-        raise UserError("--executor and --ray-address run independent jobs: add --seeds (one search per seed); "
-                        "one search on several devices runs under torchrun (docs/scaling.md)")
+        if cfg.split.method == "none":
+            raise UserError("--executor and --ray-address run independent jobs: add --seeds (one search per seed) "
+                            "or --split (sub-supernets); one search on several devices runs under torchrun "
+                            "(docs/scaling.md)")
+        from .executors import make_executor
+
+        executor = make_executor(args.executor, args.ray_address)
     device = distributed.init(choose_device(cfg.device))  # under torchrun: this rank's device, in the group
     try:
         configure(cfg.seed, cfg.deterministic, cfg.threads)
         distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
-        search_into(run, cfg, device, resume=bool(args.resume), overrides=args.overrides)
+        search_into(run, cfg, device, resume=bool(args.resume), overrides=args.overrides, executor=executor)
     finally:
         distributed.shutdown()
     return 0
 
 
-def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print) -> None:
+def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print, executor=None) -> None:
     """Search, save the supernet and select, in `run`. Under torchrun every rank trains; rank 0 alone locks and
     writes the run directory, and selects."""
     import contextlib
@@ -191,7 +197,7 @@ def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print)
             atomic_write_json(run.file("manifest.json"), info)
             log(f"run directory: {run.path}")
         if cfg.split.method != "none":
-            _split_and_report(run, cfg, device, log)
+            _split_and_report(run, cfg, device, log, executor)
             return
         search = SearchRun(cfg, run, device, log)
         if resume and search.restore():
@@ -261,13 +267,13 @@ def _select_and_report(cfg, run, names, device) -> None:
     _print_benchmark(result["benchmark"])
 
 
-def _split_and_report(run, cfg, device, log) -> None:
+def _split_and_report(run, cfg, device, log, executor=None) -> None:
     from . import distributed
     from .fewshot.schedule import split_search
 
     if distributed.world() > 1:
         raise UserError("a split search (--split) runs in one process: launch it without torchrun")
-    result = split_search(cfg, run, device, log)
+    result = split_search(cfg, run, device, log, executor)
     split = result["split"]
     print(f"architecture ({result['selector']}, {split['rule']} choice among {split['leaves']} sub-supernets): "
           f"{result['selections'][result['selector']]}")

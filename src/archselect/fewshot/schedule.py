@@ -245,8 +245,10 @@ def open_tree(cfg: RunConfig, run: RunDir, s: Settings) -> Tree:
     return Tree.open(run, dataclasses.asdict(s) | {"seed": cfg.seed, "optimizer": cfg.search.optimizer})
 
 
-def split_search(cfg: RunConfig, run: RunDir, device: torch.device, log: Log = print) -> dict[str, Any]:
-    """The whole split search in `run` (new or interrupted); writes RUN/result.json and returns it."""
+def split_search(cfg: RunConfig, run: RunDir, device: torch.device, log: Log = print,
+                 executor=None) -> dict[str, Any]:
+    """The whole split search in `run` (new or interrupted); writes RUN/result.json and returns it. The leaves run
+    in turn, or as jobs on `executor` (e.g. Ray) when one is given."""
     s = settings_for(cfg)
     check_oracle(cfg, s)
     tree = open_tree(cfg, run, s)
@@ -257,12 +259,30 @@ def split_search(cfg: RunConfig, run: RunDir, device: torch.device, log: Log = p
         frontier = [c for node_id in frontier for c in advance(cfg, s, tree, node_id, device, log)]
     tree.set_leaves(frontier)
     log(f"{len(frontier)} sub-supernets: {', '.join(frontier)}")
-    for leaf in frontier:
-        if tree.nodes[leaf]["result"] is None:
+    pending = [leaf for leaf in frontier if tree.nodes[leaf]["result"] is None]
+    if executor is None:
+        for leaf in pending:
             tree.set_result(leaf, run_leaf(cfg, str(run.path), leaf, str(device), log))
+    else:
+        _run_leaves_on(executor, cfg, run, tree, pending, device)
     result = write_result(cfg, run, tree, s, list(cfg.select.selectors))
     log(f"chosen sub-supernet {result['split']['leaf']} ({result['split']['label']})")
     return result
+
+
+def _run_leaves_on(executor, cfg: RunConfig, run: RunDir, tree: Tree, leaves: list[str], device) -> None:
+    """Leaves as independent jobs; every finished one is recorded before a failure is reported, so --resume
+    redoes only the failed ones."""
+    from ..jobs import leaf_jobs, run_one
+
+    results = executor.map(run_one, leaf_jobs(cfg, run.path, leaves, str(device)))
+    for r in results:
+        if r.ok:
+            tree.set_result(r.id, r.value)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise UserError(f"sub-supernet(s) {', '.join(r.id for r in failed)} failed ({failed[0].error}); "
+                        f"fix the cause and --resume {run.path}")
 
 
 def reselect(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device, log: Log = print) -> dict[str, Any]:
