@@ -182,19 +182,15 @@ def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print,
 
     from . import distributed
     from .config import dump_yaml
-    from .runs import atomic_write_bytes, atomic_write_json, manifest, read_json
+    from .runs import atomic_write_bytes, manifest, record_manifest
     from .search.loop import SearchRun, save_supernet
 
     main = distributed.is_main()
     with run if main else contextlib.nullcontext():
         if main:
             info = {**manifest(cfg.seed, str(device)), "world_size": distributed.world()}
-            if resume:
-                old = read_json(run.file("manifest.json"), "run manifest")
-                old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
-                info = old
             atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
-            atomic_write_json(run.file("manifest.json"), info)
+            record_manifest(run.file("manifest.json"), info, resume, overrides)
             log(f"run directory: {run.path}")
         if cfg.split.method != "none":
             _split_and_report(run, cfg, device, log, executor)
@@ -301,11 +297,9 @@ def _print_benchmark(bench: dict) -> None:
 def cmd_select(args) -> int:
     from .config import load_config
     from .environment import choose_device, configure
-    from .runs import RunDir
+    from .runs import open_run
 
-    run = RunDir(args.run)
-    if not run.exists():
-        raise UserError(f"{args.run} is not a run directory (no config.yaml)")
+    run = open_run(args.run)
     cfg = load_config(run.file("config.yaml"), args.overrides)
     if args.device:
         cfg.device = args.device
@@ -334,11 +328,9 @@ def cmd_split(args) -> int:
     from .config import load_config
     from .environment import choose_device, configure
     from .fewshot.schedule import analyse
-    from .runs import RunDir
+    from .runs import open_run
 
-    run = RunDir(args.run)
-    if not run.exists():
-        raise UserError(f"{args.run} is not a run directory (no config.yaml)")
+    run = open_run(args.run)
     cfg = load_config(run.file("config.yaml"), args.overrides)
     if args.device:
         cfg.device = args.device
@@ -356,11 +348,9 @@ def cmd_split(args) -> int:
 # -- show -------------------------------------------------------------------------------------------------------------
 
 def cmd_show(args) -> int:
-    from .runs import RunDir, read_json
+    from .runs import open_run, read_json
 
-    run = RunDir(args.run)
-    if not run.exists():
-        raise UserError(f"{args.run} is not a run directory (no config.yaml)")
+    run = open_run(args.run)
     from .config import load_config
 
     cfg = load_config(run.file("config.yaml"))

@@ -242,6 +242,24 @@ class RunDir:
         atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
+def open_run(path: str | Path) -> RunDir:
+    """An existing run directory, or a one-line error saying it is not one."""
+    run = RunDir(path)
+    if not run.exists():
+        raise UserError(f"{path} is not a run directory (no config.yaml)")
+    return run
+
+
+def record_manifest(path: Path, info: dict[str, Any], resume: bool, overrides=()) -> None:
+    """Write the manifest; on a resume keep the original and append this start (with its overrides) to `resumes`."""
+    path = Path(path)
+    if resume and path.is_file():
+        old = read_json(path, "run manifest")
+        old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
+        info = old
+    atomic_write_json(path, info)
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..config import RunConfig, build, check, dump_yaml, load_config, to_dict
 from ..errors import UserError
-from ..runs import RunDir, atomic_write_bytes, atomic_write_json, list_checkpoints, manifest, read_json
+from ..runs import RunDir, atomic_write_bytes, atomic_write_json, list_checkpoints, manifest, read_json, record_manifest
 from .config import AxisEntry, BenchConfig
 
 RUNS_DIR = "runs"
@@ -270,13 +270,8 @@ def write_bench_header(cfg: BenchConfig, out: Path, device: str | None) -> None:
 
     data = dataclasses.asdict(cfg)
     atomic_write_bytes(Path(out, BENCH_FILE), yaml.safe_dump(data, sort_keys=False).encode())
-    path = Path(out, "manifest.json")
     info = {**manifest(cfg.seeds[0], device or "as each group's config"), "seeds": list(cfg.seeds)}
-    if path.is_file():
-        old = read_json(path, "bench manifest")
-        old.setdefault("resumes", []).append(info)
-        info = old
-    atomic_write_json(path, info)
+    record_manifest(Path(out, "manifest.json"), info, resume=True)
 
 
 def pending_jobs(cfg: BenchConfig, out: Path, device: str | None = None) -> tuple[list[dict], list[dict]]:

@@ -220,7 +220,7 @@ def train_command(arch_spec: str, config: str | None = None, out: str | None = N
     genotype) into a new run directory, or resume one; writes and returns result.json's content."""
     from ..config import dump_yaml
     from ..environment import choose_device, configure
-    from ..runs import atomic_write_bytes, atomic_write_json, manifest
+    from ..runs import atomic_write_bytes, atomic_write_json, manifest, record_manifest
 
     arch = load_architecture(arch_spec)
     run, cfg = _open_run(arch, config, out, resume, list(overrides))
@@ -231,13 +231,8 @@ def train_command(arch_spec: str, config: str | None = None, out: str | None = N
     dev = choose_device(cfg.device)
     configure(cfg.seed, cfg.deterministic, cfg.threads)
     with run:
-        info = manifest(cfg.seed, str(dev))
-        if resume:
-            old = read_json(run.file("manifest.json"), "run manifest")
-            old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
-            info = old
         atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
-        atomic_write_json(run.file("manifest.json"), info)
+        record_manifest(run.file("manifest.json"), manifest(cfg.seed, str(dev)), resume, overrides)
         atomic_write_json(run.file(ARCH_FILE), arch.to_dict())
         log(f"run directory: {run.path}")
         trainer = TrainRun(cfg, run, arch, dev, log)
