@@ -273,18 +273,21 @@ def test_masked_ops_are_not_computed():
     assert calls == [] and torch.isfinite(out).all()
 
 
-def test_recompute_gives_the_same_step():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_recompute_gives_the_same_step(bf16):
     """Recomputing the depthwise outputs in backward changes memory, not numbers: gradients of α and weights, BN
-    statistics, and a Hessian-vector product in α (double backward through the recomputation)."""
+    statistics, and a Hessian-vector product in α (double backward through the recomputation); also under the bf16
+    autocast of `search.bf16`."""
     x, results = torch.randn(2, 3, 8, 8), []
     for recompute in (False, True):
         torch.manual_seed(5)
         supernet = small_space(recompute=recompute).supernet()
-        loss = supernet(x, supernet.mixing_weights()).logsumexp(1).sum()
-        alphas = supernet.arch_parameters()
-        g = torch.autograd.grad(loss, alphas, create_graph=True)
-        hvp = torch.autograd.grad(sum(gi.sum() for gi in g), alphas, retain_graph=True)
-        loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = supernet(x, supernet.mixing_weights()).float().logsumexp(1).sum()
+            alphas = supernet.arch_parameters()
+            g = torch.autograd.grad(loss, alphas, create_graph=True)
+            hvp = torch.autograd.grad(sum(gi.sum() for gi in g), alphas, retain_graph=True)
+            loss.backward()
         grads = {n: p.grad for n, p in supernet.named_parameters()}
         results.append((supernet.state_dict(), grads, hvp))
     (s0, g0, h0), (s1, g1, h1) = results

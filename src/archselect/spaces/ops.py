@@ -92,7 +92,9 @@ def scaled_bn(norm: nn.BatchNorm2d, x: torch.Tensor, scale: Weight = 1.0) -> tor
     if isinstance(scale, float) and scale == 1.0:
         return norm(x)
     C = norm.num_features
-    s = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand(C).contiguous()
+    ref = norm.weight if norm.affine else norm.running_mean  # BN parameters stay fp32 under bf16 autocast
+    dtype = ref.dtype if ref is not None else x.dtype
+    s = torch.as_tensor(scale, dtype=dtype, device=x.device).expand(C).contiguous()
     weight, bias = (norm.weight * s, norm.bias * s) if norm.affine else (s, None)
     momentum = 0.0 if norm.momentum is None else norm.momentum
     if norm.training and norm.track_running_stats:
@@ -112,21 +114,30 @@ def depthwise_pointwise(dw: nn.Conv2d, pw: nn.Conv2d, x: torch.Tensor, recompute
     if not (recompute and torch.is_grad_enabled()):
         return pw(h)
     h_ptr = h.data_ptr()  # not h itself: autograd keeps this hook alive until backward, and with it what it holds
+    device = x.device.type
+    autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))  # hooks run without autocast
 
     def pack(t: torch.Tensor):
-        return _Recompute(dw, x) if t.data_ptr() == h_ptr else t
+        return _Recompute(dw, x, autocast) if t.data_ptr() == h_ptr else t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
         return pw(h)
 
 
 class _Recompute:
-    def __init__(self, f, x: torch.Tensor):
-        self.f, self.x = f, x
+    """f(x), to be computed again under the autocast state of the forward pass (bf16 search steps)."""
+
+    def __init__(self, f, x: torch.Tensor, autocast: tuple[bool, torch.dtype]):
+        self.f, self.x, self.autocast = f, x, autocast
+
+    def __call__(self) -> torch.Tensor:
+        enabled, dtype = self.autocast
+        with torch.autocast(self.x.device.type, dtype=dtype, enabled=enabled):
+            return self.f(self.x)
 
 
 def _unpack(saved):
-    return saved.f(saved.x) if isinstance(saved, _Recompute) else saved
+    return saved() if isinstance(saved, _Recompute) else saved
 
 
 class SepConv(nn.Module):
