@@ -84,7 +84,7 @@ def settings(net):
     base = net.mixing_weights(detach=True)
     out = [base]
     for ct in net.cell_types:
-        for e, k in [(0, 0), (0, 3), (2, 1), (5, 4)]:
+        for e, k in [(0, 0), (0, 2), (0, 3), (2, 1), (5, 4)]:  # (0, 2): a first-listed conv of node 0
             w = {c: t.clone() for c, t in base.items()}
             w[ct][e, k] = 0.0
             out.append(w)
@@ -137,6 +137,23 @@ def test_cached_evaluation_equals_naive_two_cell_types_and_skips_prefix():
     state.add_(1.0)
     expected = NaiveEvaluator(net, batches, bn="train")(w)
     assert fast(w).correct == expected.correct and fast(w).loss_sum == expected.loss_sum
+
+
+@pytest.mark.parametrize("edge, reused", [(5, 5 * 4 + 3), (0, 3 + 2 * 4)])
+def test_op_cache_recomputes_only_what_reads_the_changed_edge(edge, reused):
+    """NAS-Bench-201's first cell: removing an op from edge 5 (3 <- 2) reuses every other op output of the cell and
+    the edge's own other three ops; removing one from edge 0 (1 <- 0) reuses only the ops reading node 0."""
+    ctx = tiny_context(NB201Space(C=4, N=2, in_channels=1, num_classes=4))
+    random_alphas(ctx.supernet)
+    batches = take_batches(ctx.valid, 1)
+    fast = MaskedEvaluator(ctx.supernet, batches)
+    base = ctx.supernet.mixing_weights(detach=True)
+    fast(base)
+    assert fast.ops_reused == 0
+    w = {"cell": base["cell"].clone()}
+    w["cell"][edge, 2] = 0.0
+    assert fast(w) == NaiveEvaluator(ctx.supernet, batches)(w)
+    assert fast.ops_reused == reused
 
 
 def test_cache_budget_keeps_the_first_batches():

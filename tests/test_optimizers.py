@@ -119,17 +119,17 @@ def test_snas_initialises_alpha_around_one():
 def test_gdas_computes_only_the_sampled_op_per_edge(monkeypatch):
     """Both forward passes of a GDAS step (α step and weight step) ask each edge for at most one op. Convolutions run
     fused per node rather than through their modules, so the spy sits where each node hands its edges their ops."""
-    import archselect.spaces.nb201 as nb201
+    import archselect.spaces.mixed as mixed
 
     sn = tiny_supernet()
     opt = make("gdas", sn)
-    asked, real = [], nb201.fan_out
+    asked, real = [], mixed.fan_out
 
     def spy(x, relu_x, outgoing):
         asked.extend(len(plan) for _, plan in outgoing)
         return real(x, relu_x, outgoing)
 
-    monkeypatch.setattr(nb201, "fan_out", spy)
+    monkeypatch.setattr(mixed, "fan_out", spy)
     opt.step(batch(1), batch(2), epoch=0)
     assert len(asked) == 2 * 3 * 6 and max(asked) == 1  # two passes x three cells (N=1 per stage) x six edges
 

@@ -142,7 +142,10 @@ class Supernet(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def run_layer(self, i: int, state, plans: dict[str, Plan]):
-        """Layer i applied to `state`."""
+        """Layer i applied to `state`. A supernet with `accepts_fan` also takes `fan=` (a `spaces.mixed.Fan`), through
+        which its cells compute their op outputs: the selection evaluator uses it to reuse them across evaluations."""
+
+    accepts_fan = False
 
     @abc.abstractmethod
     def head(self, state) -> torch.Tensor:

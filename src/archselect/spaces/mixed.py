@@ -70,17 +70,20 @@ def _conv_key(op: nn.Module):
 def fan_out(x: torch.Tensor, relu_x: Callable[[], torch.Tensor],
             outgoing: Sequence[tuple[MixedEdge, EdgePlan]]) -> list[Terms]:
     """The (weight, output) terms of each edge leaving node `x`, in plan order except that convolutions come last
-    and already carry their weight (as weight 1.0)."""
+    (in plan order among themselves) and already carry their weight (as weight 1.0). An edge's summation order thus
+    depends on its own plan alone, never on which ops the other edges run: an evaluation that skips an op elsewhere
+    adds the same terms in the same order, bit for bit."""
     terms: list[Terms] = [[] for _ in outgoing]
+    convs: list[list[tuple[int, torch.Tensor]]] = [[] for _ in outgoing]
     shared: dict[tuple, torch.Tensor] = {}
-    groups: dict[tuple, list[tuple[int, ReLUConvBN, Weight]]] = {}
+    groups: dict[tuple, list[tuple[int, int, ReLUConvBN, Weight]]] = {}
     for i, (edge, plan) in enumerate(outgoing):
-        for k, w in plan:
+        for position, (k, w) in enumerate(plan):
             name = edge.op_names[k]
             op = edge.ops[name]
             key = edge.conv_keys.get(name)
             if key is not None:
-                groups.setdefault((key, op.bn.training), []).append((i, op, w))
+                groups.setdefault((key, op.bn.training), []).append((i, position, op, w))
             elif name in edge.shared:
                 sig = (name, edge.stride)
                 y = shared[sig] if sig in shared else shared.setdefault(sig, op(x))
@@ -88,10 +91,29 @@ def fan_out(x: torch.Tensor, relu_x: Callable[[], torch.Tensor],
             else:
                 terms[i].append((w, op(relu_x(), pre_activated=True) if name in PRE_ACTIVATED else op(x)))
     for members in groups.values():
-        outs = conv_bn_group(relu_x(), [op for _, op, _ in members], [w for _, _, w in members])
-        for (i, _, _), y in zip(members, outs):
-            terms[i].append((1.0, y))
+        outs = conv_bn_group(relu_x(), [op for _, _, op, _ in members], [w for *_, w in members])
+        for (i, position, _, _), y in zip(members, outs):
+            convs[i].append((position, y))
+    for i, ys in enumerate(convs):
+        terms[i].extend((1.0, y) for _, y in sorted(ys, key=lambda py: py[0]))
     return terms
+
+
+def term_order(edge: MixedEdge, plan: EdgePlan) -> list[tuple[int, Weight]]:
+    """The plan's (op, weight) pairs in the order `fan_out` returns their terms."""
+    return sorted(plan, key=lambda kw: edge.op_names[kw[0]] in edge.conv_keys)  # stable: plan order within each
+
+
+# A cell computes the terms of a node's outgoing edges through a `Fan`: fan(src, x, relu_x, [(edge index, edge,
+# plan)]) -> terms per edge, as `fan_out` (the default, `plain_fan`). The selection evaluator passes one that
+# remembers op outputs across evaluations (selection/evaluator.py).
+Fan = Callable[[int, torch.Tensor, Callable[[], torch.Tensor], Sequence[tuple[int, MixedEdge, EdgePlan]]],
+               list[Terms]]
+
+
+def plain_fan(src: int, x: torch.Tensor, relu_x: Callable[[], torch.Tensor],
+              outgoing: Sequence[tuple[int, MixedEdge, EdgePlan]]) -> list[Terms]:
+    return fan_out(x, relu_x, [(edge, plan) for _, edge, plan in outgoing])
 
 
 def conv_bn_group(x: torch.Tensor, ops: Sequence[ReLUConvBN], weights: Sequence[Weight]) -> list[torch.Tensor]:

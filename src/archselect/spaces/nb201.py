@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..arch import NB201_NODES, NB201_OPS, Architecture, Cell, Edge
 from ..supernet import Plan, Supernet, weighted_sum
-from .mixed import MixedEdge, fan_out
+from .mixed import Fan, MixedEdge, plain_fan
 from .ops import ReLUConvBN
 
 EDGES = tuple((src, dst) for dst in range(1, NB201_NODES) for src in range(dst))  # 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2
@@ -31,12 +31,12 @@ class NB201Cell(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList([MixedEdge(C, C, 1, ops, affine, track) for ops in edge_ops])
 
-    def forward(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: Plan, fan: Fan = plain_fan) -> torch.Tensor:
         inbox: list[list] = [[] for _ in range(NB201_NODES)]
         node = x
         for src, outgoing in enumerate(OUTGOING):
             relu = _Lazy(F.relu, node)
-            terms = fan_out(node, relu, [(self.edges[e], plan[e]) for e, _ in outgoing])
+            terms = fan(src, node, relu, [(e, self.edges[e], plan[e]) for e, _ in outgoing])
             for (_, dst), t in zip(outgoing, terms):
                 inbox[dst].extend(t)
             total = weighted_sum(inbox[src + 1])  # node src+1 is complete: its edges come from nodes <= src
@@ -92,9 +92,9 @@ class NB201Body(nn.Module):
             x = self.run_layer(i, x, plan)
         return self.head(x)
 
-    def run_layer(self, i: int, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def run_layer(self, i: int, x: torch.Tensor, plan: Plan, fan: Fan = plain_fan) -> torch.Tensor:
         layer = self.layers[i]
-        return layer(x, plan) if isinstance(layer, NB201Cell) else layer(x)
+        return layer(x, plan, fan) if isinstance(layer, NB201Cell) else layer(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lastact(x)
@@ -102,6 +102,8 @@ class NB201Body(nn.Module):
 
 
 class NB201Supernet(Supernet):
+    accepts_fan = True
+
     def __init__(self, C=16, N=5, in_channels=3, num_classes=10, op_names=NB201_OPS, bn_affine=False, bn_track=True,
                  alpha_init_std=1e-3):
         super().__init__({"cell": EDGES}, op_names, alpha_init_std)
@@ -117,8 +119,8 @@ class NB201Supernet(Supernet):
     def layer_cell_type(self, i: int) -> str | None:
         return "cell" if isinstance(self.body.layers[i], NB201Cell) else None
 
-    def run_layer(self, i: int, x: torch.Tensor, plans: dict[str, Plan]) -> torch.Tensor:
-        return self.body.run_layer(i, x, plans["cell"])
+    def run_layer(self, i: int, x: torch.Tensor, plans: dict[str, Plan], fan: Fan = plain_fan) -> torch.Tensor:
+        return self.body.run_layer(i, x, plans["cell"], fan)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.body.head(x)
