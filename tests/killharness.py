@@ -1,50 +1,116 @@
 """Kill a stage with SIGKILL at seeded random moments, resume it, and let the caller compare with an uninterrupted run.
 
-`kill_and_resume(start, resume, ready, kills, seed)` starts `start` in a subprocess; once `ready()` is true (the stage has
-written something worth resuming) it waits a seeded random delay, SIGKILLs it, then starts `resume` and repeats, up to
-`kills` times; finally it lets `resume` run to completion. Returns the number of kills actually delivered (a process
-that finishes before its kill point counts as not killed).
+`kill_and_resume(start, resume, progress, kills, seed)` runs `archselect START` in a subprocess. Each kill point is
+"the stage has saved new progress n times, then a seeded random delay": the harness waits until `progress()` has
+changed n times since the process started (n seeded, 1..`spread`; a change is a new checkpoint, say), sleeps
+`uniform(0, max_delay)` and sends SIGKILL, then starts `archselect RESUME` and repeats, up to `kills` times; finally
+it lets `resume` run to completion. Waiting for new progress makes every kill land after real work, so a resume
+always has something to resume; `spread` spreads the kills over the whole run and the delay over the next unit of
+work (training, scoring, writing the next checkpoint).
+
+Returns one `Kill` per delivered kill (a process that finishes before its kill point is not counted).
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 TIMEOUT = 300
+CHECKPOINT = re.compile(r"-\d{8}\.json$")  # runs.save_checkpoint's NAME-STEP.json
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "archselect", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
+@dataclass
+class Kill:
+    delay: float   # seconds after the new progress appeared
+    progress: Any  # progress() right after the kill: where it landed
 
 
-def _finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, f"archselect exited {proc.returncode}: {err.decode()[-2000:]}"
+def saved_files(root: Path, extra: tuple[str, ...] = ("selections/*.json", "**/leaf.json")) -> frozenset[str]:
+    """Progress of a run directory: every checkpoint JSON under `root` (search, train, selector progress, supernet)
+    and the finished-unit files matched by `extra`. A new or removed name means the stage saved something."""
+    root = Path(root)
+    names = {p for p in root.rglob("*.json") if CHECKPOINT.search(p.name)}
+    names.update(p for pattern in extra for p in root.glob(pattern))
+    return frozenset(str(p.relative_to(root)) for p in names)
 
 
-def kill_and_resume(start: list[str], resume: list[str], ready: Callable[[], bool], kills: int, seed: int,
-                    max_delay: float = 1.5) -> int:
+def steps_done(progress: frozenset[str], name: str) -> int:
+    """The newest step of checkpoint `name` in a `saved_files` snapshot (0 if none)."""
+    steps = [int(p[-13:-5]) for p in progress if Path(p).name.startswith(f"{name}-") and CHECKPOINT.search(p)]
+    return max(steps, default=0)
+
+
+class FinishedFiles:
+    """Files a stage has finished must never be rewritten by a resume: snapshot them after each kill (their
+    modification times and bytes), check at the end that each is still there, unchanged."""
+
+    def __init__(self, root: Path, patterns: tuple[str, ...]):
+        self.root, self.patterns, self.seen = Path(root), patterns, {}
+
+    def snapshot(self) -> None:
+        for pattern in self.patterns:
+            for p in self.root.glob(pattern):
+                self.seen.setdefault(p, (p.stat().st_mtime_ns, p.read_bytes()))
+
+    def rewritten(self) -> list[str]:
+        return [str(p) for p, (t, data) in self.seen.items()
+                if not p.exists() or p.stat().st_mtime_ns != t or p.read_bytes() != data]
+
+
+def _spawn(args: list[str], err) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "archselect", *args], stdout=subprocess.DEVNULL, stderr=err,
+                            env=env)
+
+
+def _check(proc: subprocess.Popen, err) -> None:
+    err.seek(0)
+    assert proc.returncode == 0, f"archselect exited {proc.returncode}: {err.read().decode()[-2000:]}"
+
+
+def _wait_for_progress(proc: subprocess.Popen, progress: Callable[[], Any], changes: int) -> None:
+    last, deadline = progress(), time.time() + TIMEOUT
+    while changes and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # a poll costs ~1 ms on a bench directory
+        now = progress()
+        if now != last:
+            last, changes = now, changes - 1
+
+
+def kill_and_resume(start: list[str], resume: list[str], progress: Callable[[], Any], kills: int, seed: int,
+                    max_delay: float = 1.0, spread: int = 1,
+                    after_kill: Callable[[], None] | None = None) -> list[Kill]:
+    """Start, kill up to `kills` times (each after 1..`spread` changes of progress plus a seeded delay), resume to
+    completion. `after_kill()` runs after each kill, before the resume (e.g. `FinishedFiles.snapshot`)."""
     rng = random.Random(seed)
-    delivered, args = 0, start
-    for _ in range(kills):
-        proc = _spawn(args)
-        deadline = time.time() + TIMEOUT
-        while proc.poll() is None and not ready() and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, max_delay))
-        if proc.poll() is not None:  # finished (or failed) before the kill point
-            _finish(proc)
-            return delivered
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        delivered += 1
-        args = resume
-    _finish(_spawn(args))
+    delivered: list[Kill] = []
+    args = start
+    with tempfile.TemporaryFile() as err:
+        for _ in range(kills):
+            proc = _spawn(args, err)
+            _wait_for_progress(proc, progress, rng.randint(1, spread))
+            delay = rng.uniform(0.0, max_delay)
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=TIMEOUT)
+            if proc.returncode != -signal.SIGKILL:  # finished (or failed) before its kill point
+                _check(proc, err)
+                return delivered
+            delivered.append(Kill(delay, progress()))
+            if after_kill is not None:
+                after_kill()
+            args = resume
+        proc = _spawn(args, err)
+        proc.wait(timeout=TIMEOUT)
+        _check(proc, err)
     return delivered

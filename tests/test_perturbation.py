@@ -91,8 +91,8 @@ def test_topology_keeps_the_important_inputs():
     ctx = planted_context()
     net = ctx.supernet
     assert nodes_to_prune(net, "cell", 2) == [3] and nodes_to_prune(net, "cell", 1) == [2, 3]
-    evaluate = MaskedEvaluator(net, take_batches(ctx.valid, 2))
-    record = select_inputs(net, evaluate, "cell", 3, 2)
+    evaluator = MaskedEvaluator(net, take_batches(ctx.valid, 2))
+    record = select_inputs(net, lambda settings: [evaluator(w) for w in settings], "cell", 3, 2)
     assert 3 in record["kept"] and len(record["kept"]) == 2  # edge 0->3 carries the label
     dropped = record["rounds"][0]["dropped"]
     assert not net.mask("cell")[dropped].any() and record["rounds"][0]["accuracy"]["3"] < 0.75

@@ -1,10 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from archselect.errors import UserError
-from archselect.runs import RunDir, list_checkpoints, load_latest_checkpoint, save_checkpoint
+from archselect.runs import RunDir, list_checkpoints, load_latest_checkpoint, remove_checkpoints, save_checkpoint
 
 
 def state(v):
@@ -24,6 +25,29 @@ def test_only_the_newest_two_are_kept(tmp_path):
         save_checkpoint(tmp_path, "x", v, state(v))
     assert [p.name for p in list_checkpoints(tmp_path, "x")] == ["x-00000003", "x-00000004"]
     assert load_latest_checkpoint(tmp_path, "x")["step"] == 4
+
+
+def test_a_kill_while_checkpoints_are_removed_never_leaves_one_without_tensors(tmp_path, monkeypatch):
+    """Found by the SIGKILL harness: removing a tensor file before its JSON left, after a kill in between, a visible
+    checkpoint whose tensors were missing, and every later resume stopped on it."""
+    for v in (1, 2):
+        save_checkpoint(tmp_path, "x", v, state(v))
+    real, calls = Path.unlink, []
+
+    def killed_on_fourth(self, *args, **kwargs):  # every removal before the last one happens, then the process dies
+        calls.append(self.name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", killed_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        remove_checkpoints(tmp_path, "x")
+    monkeypatch.undo()
+    assert load_latest_checkpoint(tmp_path, "x") is None  # nothing visible: a resume starts cleanly
+    assert [p.name for p in tmp_path.iterdir()] == ["x-00000002.safetensors"]
+    remove_checkpoints(tmp_path, "x")  # the stray tensor file goes next time
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])

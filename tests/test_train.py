@@ -140,6 +140,23 @@ def test_kill_and_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_kill_right_after_the_run_directory_is_made_leaves_a_resumable_run(tmp_path, monkeypatch):
+    """The architecture is recorded before config.yaml makes the directory a run: a kill between the two used to
+    leave a run that --resume refused (no architecture to check ARCH against)."""
+    from archselect import runs
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "record_manifest", killed)  # written right after config.yaml
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_command(ARCH, out=str(cut), overrides=[*TINY, "train.epochs=1"], log=lambda *_: None)
+    monkeypatch.undo()
+    assert (cut / "config.yaml").is_file() and not list(cut.glob("checkpoints/*"))
+    assert train_command(ARCH, resume=str(cut), log=lambda *_: None)["epochs"] == 1
+
+
 def test_darts_retraining_uses_the_auxiliary_head_and_ramps_drop_path(tmp_path, monkeypatch):
     seen = {"aux": 0}
     from archselect.spaces.darts import DARTSNetwork

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .executors import EXECUTORS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +22,13 @@ class _Parser(argparse.ArgumentParser):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=10")
+
+
+def _add_executor(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+    """--executor and --ray-address, the same for every command that hands out independent jobs."""
+    p.add_argument("--executor", default=default, choices=EXECUTORS, help=f"engine for {what}")
+    p.add_argument("--ray-address", help="Ray cluster to run on (auto, HOST:6379, ray://HOST:10001); default: a "
+                   "local Ray instance")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("gm", "exhaustive"),
                    help="few-shot NAS: split the supernet by gradient matching or exhaustively (docs/fewshot.md)")
     p.add_argument("--seeds", help="comma-separated seeds: one independent search per seed into RUN/seed-N/")
-    p.add_argument("--executor", default="sequential", choices=("sequential", "ray"),
-                   help="engine for the independent jobs of --seeds: sequential (default) or ray")
-    p.add_argument("--ray-address", help="Ray cluster to run on (auto, HOST:6379, ray://HOST:10001); default: a "
-                   "local Ray instance")
+    _add_executor(p, "the independent jobs of --seeds and --split: sequential (default) or ray", "sequential")
     _add_common(p)
 
     p = sub.add_parser("select", help="run selectors on the supernet of a finished search")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--selector", required=True, help="comma-separated selectors, e.g. magnitude,perturbation")
+    p.add_argument("--workers", type=int, metavar="N", help="split the Shapley permutations and the perturbation candidates over "
+                   "N workers, with the same results (default: select.workers, 1); under torchrun every rank is one")
+    _add_executor(p, "the --workers: sequential (in turn, here; for checking) or ray (default: select.executor)")
     _add_common(p)
 
     p = sub.add_parser("train", help="retrain an architecture from scratch; report test accuracy, params, FLOPs")
@@ -82,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a (space x optimizer x split x selector x seed) matrix; resumes")
     p.add_argument("config", metavar="CONFIG", help="bench YAML (e.g. configs/bench/nb201-proxy.yaml)")
     p.add_argument("--out", help="bench directory (default: benches/<name>); rerun to finish an interrupted bench")
-    p.add_argument("--executor", choices=("sequential", "ray"), help="engine for the supernet groups (default from "
-                   "the config: sequential)")
-    p.add_argument("--ray-address", help="Ray cluster to run on (auto, HOST:6379, ray://HOST:10001)")
+    _add_executor(p, "the supernet groups (default from the config: sequential)")
     p.add_argument("--no-report", action="store_true", help="write the tables but not the HTML report")
     p.add_argument("--device", help="every group's device: auto, cpu, cuda or cuda:N (default: the config's run.device)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -177,13 +183,15 @@ def cmd_search(args) -> int:
 
 def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print, executor=None) -> None:
     """Search, save the supernet and select, in `run`. Under torchrun every rank trains; rank 0 alone locks and
-    writes the run directory, and selects."""
+    writes the run directory, and selects, the other ranks computing shares of its evaluations."""
     import contextlib
 
     from . import distributed
     from .config import dump_yaml
     from .runs import atomic_write_bytes, manifest, record_manifest
+    from .ranks import serve
     from .search.loop import SearchRun, save_supernet
+    from .selection.workers import launch_workers
 
     main = distributed.is_main()
     with run if main else contextlib.nullcontext():
@@ -199,9 +207,12 @@ def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print,
         if resume and search.restore():
             search.log(f"resumed at epoch {search.epoch + 1}, step {search.step}")
         search.train()
-        if main:
+        if not main:
+            serve()  # compute shares of rank 0's selection evaluations
+            return
+        with launch_workers(cfg.select.workers, cfg.select.executor, device=device) as workers:
             save_supernet(run, search.supernet)
-            _select_and_report(cfg, run, cfg.select.selectors, device)
+            _select_and_report(cfg, run, cfg.select.selectors, device, workers)
 
 
 def _search_jobs(args, root: Path | None = None, cfg=None) -> int:
@@ -242,12 +253,12 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _select_and_report(cfg, run, names, device) -> None:
+def _select_and_report(cfg, run, names, device, workers=None) -> None:
     from .evaluate.lookup import benchmark_metrics
     from .runs import atomic_write_json
     from .selection.stage import run_selectors
 
-    selections = run_selectors(cfg, run, names, device)
+    selections = run_selectors(cfg, run, names, device, workers=workers)
     first = selections[names[0]]
     metrics = run.read_metrics()
     result = {
@@ -295,31 +306,59 @@ def _print_benchmark(bench: dict) -> None:
 # -- select -----------------------------------------------------------------------------------------------------------
 
 def cmd_select(args) -> int:
+    """Under torchrun rank 0 selects and writes while the other ranks compute shares of its evaluations."""
+    from . import distributed
     from .config import load_config
     from .environment import choose_device, configure
+    from .ranks import serve
     from .runs import open_run
 
     run = open_run(args.run)
-    cfg = load_config(run.file("config.yaml"), args.overrides)
+    chosen = {"workers": args.workers, "executor": args.executor}
+    cfg = load_config(run.file("config.yaml"),
+                      [*args.overrides, *(f"select.{k}={v}" for k, v in chosen.items() if v is not None)])
     if args.device:
         cfg.device = args.device
-    device = choose_device(cfg.device)
-    configure(cfg.seed, cfg.deterministic, cfg.threads)
-    with run:
-        from .selection.stage import run_selectors
-
-        if cfg.split.method != "none":  # a split search: select in every sub-supernet and choose again
-            from .fewshot.schedule import reselect
-
-            _print_split(reselect(cfg, run, _names(args.selector), device))
+    names = _names(args.selector)
+    launch = distributed.launch_env()
+    if launch is not None and launch.world_size > 1:  # checked on every rank, before rank 0 starts handing out work
+        if args.ray_address or any(v is not None for v in chosen.values()):
+            raise UserError("under torchrun every rank is a worker: drop --workers, --executor and --ray-address")
+        if cfg.split.method != "none":
+            raise UserError("selection in a split search runs in one process: launch it without torchrun")
+    elif args.ray_address and cfg.select.executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    device = distributed.init(choose_device(cfg.device))
+    try:
+        configure(cfg.seed, cfg.deterministic, cfg.threads)
+        if not distributed.is_main():
+            serve()
             return 0
-        selections = run_selectors(cfg, run, _names(args.selector), device)
+        selections = _select_in(run, cfg, names, device, args.ray_address)
+    finally:
+        distributed.shutdown()
+    if selections is None:
+        return 0
     from .evaluate.lookup import benchmark_metrics
 
     for name, s in selections.items():
         print(f"{name:>14}: {s.architecture}")
         _print_benchmark(benchmark_metrics(s.architecture, cfg.benchmark))
     return 0
+
+
+def _select_in(run, cfg, names, device, ray_address):
+    """Run the selectors on RUN (a split search: in every sub-supernet, choosing again, printed here: None)."""
+    from .selection.stage import run_selectors
+    from .selection.workers import launch_workers
+
+    with launch_workers(cfg.select.workers, cfg.select.executor, ray_address, device) as workers, run:
+        if cfg.split.method != "none":
+            from .fewshot.schedule import reselect
+
+            _print_split(reselect(cfg, run, names, device, workers=workers))
+            return None
+        return run_selectors(cfg, run, names, device, workers=workers)
 
 
 # -- split ------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .executors import EXECUTORS
 
 
 @dataclass
@@ -73,6 +74,8 @@ class SearchConfig:
 class SelectConfig:
     selectors: list[str] = field(default_factory=lambda: ["magnitude"])
     options: dict = field(default_factory=dict)  # {selector name: {option: value}}, validated by each selector
+    workers: int = 1              # split Shapley permutations and DARTS-PT candidate evaluations over this many workers
+    executor: str = "sequential"  # where those workers run: sequential (in turn, here; same results) | ray
 
 
 @dataclass
@@ -280,6 +283,9 @@ def check(cfg: RunConfig) -> None:
          "search.hessian_batches and search.hessian_iters must be > 0"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device {cfg.device!r}: choose auto, cpu, cuda or cuda:N"),
+        (cfg.select.workers >= 1, f"select.workers must be >= 1, got {cfg.select.workers}"),
+        (cfg.select.executor in EXECUTORS,
+         f"select.executor {cfg.select.executor!r}: choose one of {', '.join(EXECUTORS)}"),
     ]
     for ok, message in rules:
         if not ok:

@@ -47,7 +47,9 @@ def configure(seed: int, deterministic: bool, threads: int | None) -> None:
         torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # = use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor (~1.4 s at
+        # every CLI start) to set a torch.compile flag; archselect never compiles
+        torch.set_deterministic_debug_mode("warn")
         torch.backends.cudnn.benchmark = False
     seed_everything(seed)
 

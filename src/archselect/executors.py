@@ -148,14 +148,15 @@ class RayExecutor:
 EXECUTORS = ("sequential", "ray")
 
 
-def make_executor(name: str, address: str | None = None, num_cpus: int | None = None,
-                  max_retries: int = 2) -> SequentialExecutor | RayExecutor:
+def make_executor(name: str, address: str | None = None, num_cpus: int | None = None, max_retries: int = 2,
+                  cpus_per_job: float = 1, gpus_per_job: float = 0) -> SequentialExecutor | RayExecutor:
     if name == "sequential":
         if address:
             raise UserError("--ray-address needs --executor ray")
         return SequentialExecutor()
     if name == "ray":
-        return RayExecutor(address=address, num_cpus=num_cpus, max_retries=max_retries)
+        return RayExecutor(address=address, num_cpus=num_cpus, max_retries=max_retries, cpus_per_job=cpus_per_job,
+                           gpus_per_job=gpus_per_job)
     raise UserError(f"unknown executor {name!r}; choose {' or '.join(EXECUTORS)}")
 
 

@@ -127,10 +127,22 @@ def save_checkpoint(directory: Path, name: str, step: int, state: dict[str, Any]
         "name": name, "step": step, "time": time.time(),
         "sha256": hashlib.sha256(blob).hexdigest(), "state": meta,
     })
-    for old in list_checkpoints(directory, name)[:-KEEP_CHECKPOINTS]:
-        old.with_suffix(".safetensors").unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)
+    remove_checkpoints(directory, name, keep=KEEP_CHECKPOINTS)
     return stem
+
+
+def remove_checkpoints(directory: Path, name: str, keep: int = 0) -> None:
+    """Delete all but the newest `keep` checkpoints of `name`. The JSON goes first: it is what makes a checkpoint
+    visible, so a kill in between leaves a stray tensor file (removed here next time), never a checkpoint whose
+    tensors are missing, which would stop every later resume."""
+    stems = list_checkpoints(directory, name)
+    kept = {s.name for s in stems[len(stems) - keep:]} if keep else set()
+    for old in stems:
+        if old.name not in kept:
+            old.with_suffix(".json").unlink(missing_ok=True)
+    for blob in sorted(Path(directory).glob(f"{name}-*.safetensors")):
+        if blob.stem not in kept and blob.stem[len(name) + 1:].isdigit():
+            blob.unlink(missing_ok=True)
 
 
 def list_checkpoints(directory: Path, name: str) -> list[Path]:

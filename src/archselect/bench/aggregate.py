@@ -23,7 +23,7 @@ from .matrix import Group, cell_dir, groups, is_split, read_diagnostics, selecti
 ACCURACY = ("cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_valid", "imagenet16_test")
 RETRAIN = ("retrain_acc",)
 COST = ("search_seconds", "select_seconds", "select_forward", "select_backward")
-DIAGNOSTIC = ("param_free_ops", "kendall_tau", "spearman", "hessian_eig")
+DIAGNOSTIC = ("param_free_ops", "tied_edges", "kendall_tau", "spearman", "hessian_eig")
 METRICS = (*ACCURACY, *RETRAIN, *COST, *DIAGNOSTIC)
 KEYS = ("space", "optimizer", "split", "selector")
 BEST_BY = "cifar10_valid"
@@ -70,6 +70,7 @@ def group_rows(cfg: BenchConfig, out: Path, group: Group) -> list[dict[str, Any]
             "search_seconds": search_seconds,
             **_selection_cost(run, name, sel),
             "param_free_ops": float(param_free_ops(sel.architecture)),
+            "tied_edges": float(sum(len(e) for e in sel.details.get("tied_edges", {}).values())),
             "kendall_tau": float(corr.get("kendall_tau", math.nan)), "spearman": float(corr.get("spearman", math.nan)),
             "hessian_eig": _last(metrics, "hessian_eig"),
         })

@@ -40,7 +40,7 @@ HEADERS = {
     "cifar10_test_error": "C10 test error",
 }
 KIND = {"search_seconds": "seconds", "select_seconds": "seconds", "select_forward": "count",
-        "select_backward": "count", "param_free_ops": "ops", "kendall_tau": "corr", "spearman": "corr",
+        "select_backward": "count", "param_free_ops": "ops", "tied_edges": "ops", "kendall_tau": "corr", "spearman": "corr",
         "hessian_eig": "eig"}
 FMT: dict[str, Callable[[float], str]] = {
     "acc": lambda v: f"{v:.2f}", "seconds": lambda v: f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}",
@@ -142,15 +142,17 @@ def diagnostics_blocks(cfg: BenchConfig, summary: list[dict], agreement: list[di
     group_keys = keys[:-1]
     per_group = {tuple(r[k] for k in group_keys): r for r in summary}
     sup_rows = [[*k, pm(r, "kendall_tau"), pm(r, "spearman"), pm(r, "hessian_eig")] for k, r in per_group.items()]
-    sel_rows = [[r[k] for k in keys] + [pm(r, "param_free_ops")] for r in summary]
+    sel_rows = [[r[k] for k in keys] + [pm(r, "param_free_ops"), pm(r, "tied_edges")] for r in summary]
     blocks: list[Block] = [
         Heading(2, "Diagnostics"),
         Para("Supernet vs benchmark: rank correlation between the supernet's accuracy with one-hot weights on the "
              "search-validation split and NAS-Bench-201 cifar10_valid, on sampled cells. λmax: the largest eigenvalue "
              "of the validation-loss Hessian w.r.t. α at the last epoch (its growth signals DARTS collapse)."),
         Table([*group_keys, "Kendall τ", "Spearman ρ", "α-Hessian λmax"], sup_rows, "supernet"),
-        Para("Parameter-free ops (skip, pooling, none) among the edges of each derived cell:"),
-        Table([*keys, "param-free ops"], sel_rows, "param-free"),
+        Para("Parameter-free ops (skip, pooling, none) among the edges of each derived cell, and the edges on which "
+             "the selector's best op was tied (there its choice is arbitrary: e.g. magnitude on a fixed-α supernet, "
+             "where every op ties):"),
+        Table([*keys, "param-free ops", "tied edges"], sel_rows, "param-free"),
     ]
     if agreement:
         rows = [[*(a[k] for k in group_keys), f"{a['selector_a']} / {a['selector_b']}", f"{a['agreement']:.2f}",

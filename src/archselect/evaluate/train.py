@@ -231,9 +231,11 @@ def train_command(arch_spec: str, config: str | None = None, out: str | None = N
     dev = choose_device(cfg.device)
     configure(cfg.seed, cfg.deterministic, cfg.threads)
     with run:
+        # the architecture before config.yaml (which makes the directory a run): a kill in between must not leave
+        # a run that --resume cannot check the architecture of
+        atomic_write_json(run.file(ARCH_FILE), arch.to_dict())
         atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
         record_manifest(run.file("manifest.json"), manifest(cfg.seed, str(dev)), resume, overrides)
-        atomic_write_json(run.file(ARCH_FILE), arch.to_dict())
         log(f"run directory: {run.path}")
         trainer = TrainRun(cfg, run, arch, dev, log)
         if resume and trainer.restore():

@@ -31,6 +31,7 @@ from ..runs import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from ..search.loop import SearchRun, save_supernet
 from ..selection.evaluator import MaskedEvaluator, take_batches
 from ..selection.stage import build_context, run_selectors
+from ..selection.workers import Workers
 from .choice import check_oracle, write_result
 from .gradient_matching import candidate_edges, cyclic_batches, measure
 from .partition import best_partition, pick_edge, singletons
@@ -196,11 +197,11 @@ def advance(cfg: RunConfig, s: Settings, tree: Tree, node_id: str, device: torch
 # -- leaves --------------------------------------------------------------------------------------------------------
 
 def score_leaf(cfg: RunConfig, run: RunDir, names: list[str], bn: str, device: torch.device,
-               log: Log) -> dict[str, Any]:
+               log: Log, workers: Workers | None = None) -> dict[str, Any]:
     """Run the selectors on a trained leaf and score each selection: accuracy of its one-hot sub-network in the
     leaf's supernet on the whole search-valid split, BN in mode `bn` (train: batch statistics, running statistics
     untouched, as the official code scores projected supernets; eval: the running statistics)."""
-    selections = run_selectors(cfg, run, names, device, log)
+    selections = run_selectors(cfg, run, names, device, log, workers)
     ctx = build_context(cfg, run, device, log)
     scorer = MaskedEvaluator(ctx.supernet, take_batches(ctx.valid), bn=bn)
     out = {}
@@ -285,8 +286,10 @@ def _run_leaves_on(executor, cfg: RunConfig, run: RunDir, tree: Tree, leaves: li
                         f"fix the cause and --resume {run.path}")
 
 
-def reselect(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device, log: Log = print) -> dict[str, Any]:
-    """`archselect select` on a finished split search: run the selectors in every leaf and choose again."""
+def reselect(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device, log: Log = print,
+             workers: Workers | None = None) -> dict[str, Any]:
+    """`archselect select` on a finished split search: run the selectors in every leaf (their independent evaluations
+    on `workers`, default: as `select.workers` says) and choose again."""
     s = settings_for(cfg)
     check_oracle(cfg, s)
     tree = open_tree(cfg, run, s)
@@ -298,7 +301,7 @@ def reselect(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device
         with leaf_run:
             ncfg = node_config(cfg, cfg.search.epochs)
             result["selections"] = {**result["selections"],
-                                    **score_leaf(ncfg, leaf_run, names, s.bn, device, _node_log(log, leaf))}
+                                    **score_leaf(ncfg, leaf_run, names, s.bn, device, _node_log(log, leaf), workers)}
             atomic_write_json(leaf_run.file("leaf.json"), result)
         tree.set_result(leaf, result)
     return write_result(cfg, run, tree, s, names)

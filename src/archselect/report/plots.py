@@ -189,7 +189,7 @@ def _quote(text: str) -> str:
 def cell_dot(cell_type: str, cell: Cell, op_names: Sequence[str]) -> str:
     """Graphviz source of one cell; `none` edges are absent connections and not drawn."""
     nodes, labels, _ = _roles(cell)
-    lines = ["digraph cell {", f"  rankdir=LR; nodesep=0.3; ranksep=0.6; labelloc=t; fontname=\"Helvetica\";",
+    lines = ["digraph cell {", "  rankdir=LR; nodesep=0.3; ranksep=0.6; labelloc=t; fontname=\"Helvetica\";",
              f"  label={_quote(cell_title(cell_type))};",
              '  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];',
              '  edge [fontname="Helvetica", fontsize=10];']

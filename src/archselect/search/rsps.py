@@ -8,8 +8,8 @@ is redrawn (`connected: true`, GM-NAS' `check_connect`). For cells with several 
 (`space.bn_track: false`), so that every path is evaluated with its own batch statistics.
 
 Selecting the architecture is RSPS' own step, not α's argmax: evaluate many distinct random paths on the validation
-data and keep the best (GM-NAS: 200 paths on the whole validation half). `best_random_path` does that; it is not yet
-registered as a selector (the magnitude selector would read the untouched α).
+data and keep the best (GM-NAS: 200 paths on the whole validation half): the `random-paths` selector
+(selection/random_paths.py; `--selector random-paths`). The magnitude selector would read the untouched α.
 """
 from __future__ import annotations
 
@@ -56,28 +56,6 @@ def sample_path(supernet, require_connected: bool = True) -> dict[str, torch.Ten
         w = torch.zeros(mask.shape).scatter_(1, index.unsqueeze(1), 1.0) * has_op.unsqueeze(1)
         out[ct] = w.to(supernet.alphas[ct].device)
     return out
-
-
-@torch.no_grad()
-def best_random_path(supernet, space, loader, samples: int = 200, require_connected: bool = True,
-                     max_draws: int | None = None):
-    """RSPS selection: evaluate up to `samples` distinct random paths on `loader` (eval-mode BN) and return
-    (the best Architecture, its accuracy, [(accuracy, Architecture)] for every path tried)."""
-    from .loop import evaluate  # the loop imports this package
-
-    tried, seen = [], set()
-    for _ in range(max_draws or 50 * samples):
-        if len(tried) == samples:
-            break
-        weights = sample_path(supernet, require_connected)
-        key = tuple(tuple(w.argmax(dim=1).tolist()) for w in weights.values())
-        if key in seen:
-            continue
-        seen.add(key)
-        _, acc = evaluate(supernet, loader, weights=weights)
-        tried.append((acc, space.derive(weights, {ct: supernet.mask(ct) for ct in supernet.cell_types})))
-    best = max(tried, key=lambda t: t[0])
-    return best[1], best[0], tried
 
 
 @dataclass

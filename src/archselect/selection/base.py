@@ -16,8 +16,10 @@ import torch
 
 from ..arch import Architecture
 from ..config import build
+from ..errors import UserError
 from ..registry import Registry
 from ..supernet import Supernet
+from .workers import Workers
 
 SELECTORS: Registry = Registry("selector")
 
@@ -38,6 +40,12 @@ class Cost:
         self.forward += 1
         self.images += batch
         self.backward += int(backward)
+
+    def add(self, other: "Cost") -> None:
+        """Add the passes counted elsewhere (by a worker), not its seconds: wall time is the caller's."""
+        self.forward += other.forward
+        self.backward += other.backward
+        self.images += other.images
 
 
 @dataclass
@@ -63,7 +71,8 @@ class Selection:
 
 @dataclass
 class SelectionContext:
-    """Everything a selector may use. `train` is for selectors that fine-tune; `workdir` for progress checkpoints."""
+    """Everything a selector may use. `train` is for selectors that fine-tune; `workdir` for progress checkpoints;
+    `workers` for selectors whose evaluations are independent of each other (selection/workers.py)."""
 
     space: Any
     supernet: Supernet
@@ -74,6 +83,7 @@ class SelectionContext:
     workdir: Path | None = None
     log: Callable[[str], None] = print
     search: Any = None  # the run's SearchConfig (optimizer and its settings), for selectors that keep training
+    workers: Workers = field(default_factory=Workers)  # where independent evaluations run (default: here, in turn)
 
 
 class Selector(abc.ABC):
@@ -81,17 +91,51 @@ class Selector(abc.ABC):
     name = "selector"
 
     def __init__(self, options: dict | None = None):
-        self.options = build(self.Options, options or {}, f"select.options.{self.name}")
+        prefix = f"select.options.{self.name}"
+        self.options = build(self.Options, options or {}, prefix)
+        if hasattr(self.options, "check"):
+            self.options.check(prefix)
 
     def select(self, ctx: SelectionContext) -> Selection:
         start = time.perf_counter()
         selection = self.run(ctx)
         selection.cost.seconds = time.perf_counter() - start
+        ties = tied_edges(selection.scores, ctx.supernet, getattr(ctx.space, "chooses_none", True))
+        if ties:
+            selection.details["tied_edges"] = ties
+            where = ", ".join(f"{ct} {edges}" for ct, edges in ties.items())
+            ctx.log(f"  {self.name}: the best op ties on {sum(map(len, ties.values()))} edge(s) ({where}): the choice "
+                    f"there is arbitrary")
         return selection
 
     @abc.abstractmethod
     def run(self, ctx: SelectionContext) -> Selection:
         """The method itself; `select` adds the wall time."""
+
+
+def check_rules(options: Any, prefix: str, rules: list[tuple[bool, str, str]]) -> None:
+    """Raise a UserError for the first (ok, key, allowed) rule that fails, naming the option and its value."""
+    for ok, key, allowed in rules:
+        if not ok:
+            raise UserError(f"{prefix}.{key} must be {allowed}, got {getattr(options, key)!r}")
+
+
+def tied_edges(scores: dict[str, list[list[float]]], supernet: Supernet, chooses_none: bool = True
+               ) -> dict[str, list[int]]:
+    """Per cell type, the edges whose highest score among the ops `derive` may choose is shared by several ops (e.g.
+    magnitude on a fixed-α supernet, where every op ties): on those the choice is arbitrary."""
+    out = {}
+    for ct, rows in scores.items():
+        mask = supernet.mask(ct).tolist()
+        tied = []
+        for e, row in enumerate(rows):
+            values = [v for k, v in enumerate(row)
+                      if mask[e][k] and (chooses_none or supernet.op_names[k] != "none")]
+            if len(values) > 1 and values.count(max(values)) > 1:
+                tied.append(e)
+        if tied:
+            out[ct] = tied
+    return out
 
 
 def as_lists(scores: dict[str, torch.Tensor]) -> dict[str, list[list[float]]]:

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from ..config import SearchConfig
 from ..data import derive_seed
 from ..environment import rng_state, set_rng_state
-from ..errors import UserError
 from ..supernet import Supernet
-from .base import Cost, Selection, Selector, as_lists, register
-from .evaluator import EVALUATORS, check_bn_mode, make_evaluator, rebatch, take_batches
+from .base import Cost, Selection, Selector, check_rules, as_lists, register
+from .candidates import Candidates
+from .evaluator import EVALUATORS, check_bn_mode, rebatch, take_batches
 from .progress import Progress, fingerprint
 from .topology import nodes_to_prune, select_inputs
 
@@ -67,9 +67,7 @@ class PerturbationOptions:
             (self.lr > 0 and (self.lr_min is None or self.lr_min >= 0), "lr", "> 0 (and lr_min >= 0)"),
             (self.cache_mb >= 0, "cache_mb", ">= 0"),
         ]
-        for ok, key, allowed in rules:
-            if not ok:
-                raise UserError(f"{prefix}.{key} must be {allowed}, got {getattr(self, key)!r}")
+        check_rules(self, prefix, rules)
         check_bn_mode(self.bn, f"{prefix}.bn")
 
 
@@ -178,20 +176,23 @@ def decision_events(supernet: Supernet, order: str, seed: int, inputs_per_node: 
 def decide_op(supernet: Supernet, evaluate, cell_type: str, edge: int, crit: str,
               keep_none: bool = True) -> dict[str, Any] | None:
     """Score every enabled op of `edge` by removal, make the edge one-hot on the winner; returns the record.
-    `keep_none=False` never lets `none` win (spaces that prune node inputs drop edges by topology instead)."""
+    `evaluate(settings) -> outcomes` evaluates a list of mixing weights (candidates.Candidates: here or split over
+    workers). `keep_none=False` never lets `none` win (spaces that prune node inputs drop edges by topology instead)."""
     mask = supernet.mask(cell_type)
     enabled = mask[edge].nonzero().flatten().tolist()
     candidates = [k for k in enabled if keep_none or supernet.op_names[k] != "none"] or enabled
     if not enabled:
         return None
     base = supernet.mixing_weights(detach=True)
-    full = evaluate(base)
-    K = len(supernet.op_names)
-    accuracy, loss = [full.accuracy] * K, [full.loss] * K  # removing a disabled op changes nothing
+    removals = []
     for k in enabled:
         w = {ct: t.clone() for ct, t in base.items()}
         w[cell_type][edge, k] = 0.0
-        out = evaluate(w)
+        removals.append(w)
+    full, *outcomes = evaluate([base, *removals])
+    K = len(supernet.op_names)
+    accuracy, loss = [full.accuracy] * K, [full.loss] * K  # removing a disabled op changes nothing
+    for k, out in zip(enabled, outcomes):
         accuracy[k], loss[k] = out.accuracy, out.loss
     if crit == "acc":
         chosen = min(candidates, key=lambda k: (accuracy[k], k))
@@ -212,10 +213,6 @@ def decide_op(supernet: Supernet, evaluate, cell_type: str, edge: int, crit: str
 @register("perturbation")
 class Perturbation(Selector):
     Options = PerturbationOptions
-
-    def __init__(self, options: dict | None = None):
-        super().__init__(options)
-        self.options.check(f"select.options.{self.name}")
 
     def run(self, ctx) -> Selection:
         o = self.options
@@ -239,10 +236,12 @@ class Perturbation(Selector):
             cost, records, done = Cost(**saved["cost"]), saved["records"], saved["done"]
             ctx.log(f"  resuming {self.name} after {done} of {len(events)} decisions")
 
+        # the candidates of each decision are scored on `net` as it is then, here or split over ctx.workers; the
+        # fine-tuning between decisions stays in this process
+        evaluate = Candidates(ctx.workers, ctx.space, net, batches, o, cost)
         for i in range(done, len(events)):
             if i > 0:
                 tuner.run(per_event, cost)
-            evaluate = make_evaluator(o.evaluator, net, batches, bn=o.bn, cost=cost, cache_mb=o.cache_mb)
             for kind, ct, where in events[i]:
                 record = (decide_op(net, evaluate, ct, where, o.crit, keep_none=not keep) if kind == "op"
                           else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, o.crit)})

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..runs import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from ..runs import load_latest_checkpoint, remove_checkpoints, save_checkpoint
 
 
 def fingerprint(supernet: torch.nn.Module, options: Any, seed: int, extra: Any = None) -> str:
@@ -45,8 +45,5 @@ class Progress:
             save_checkpoint(self.workdir, self.name, step, {**state, "fingerprint": self.key})
 
     def clear(self) -> None:
-        if self.workdir is None:
-            return
-        for stem in list_checkpoints(self.workdir, self.name):
-            stem.with_suffix(".safetensors").unlink(missing_ok=True)
-            stem.with_suffix(".json").unlink(missing_ok=True)
+        if self.workdir is not None:
+            remove_checkpoints(self.workdir, self.name)

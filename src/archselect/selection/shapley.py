@@ -23,11 +23,11 @@ import torch
 from .. import distributed
 from ..data import Loader, derive_seed
 from ..environment import rng_state, set_rng_state
-from ..errors import UserError
 from ..supernet import Supernet
-from .base import Cost, Selection, Selector, as_lists, register
+from .base import Cost, Selection, Selector, check_rules, as_lists, register
 from .evaluator import EVALUATORS, check_bn_mode, make_evaluator, rebatch, take_batches
 from .progress import Progress, fingerprint
+from .workers import Workers
 
 Player = tuple[str, int, int]  # (cell type, edge, op index)
 ESTIMATES = ("mean", "mean-std")
@@ -51,9 +51,7 @@ class ShapleyOptions:
                  (self.batches >= 1, "batches", "at least 1"), (self.cache_mb >= 0, "cache_mb", ">= 0"),
                  (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
                  (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}")]
-        for ok, key, allowed in rules:
-            if not ok:
-                raise UserError(f"{prefix}.{key} must be {allowed}, got {getattr(self, key)!r}")
+        check_rules(self, prefix, rules)
         check_bn_mode(self.bn, f"{prefix}.bn")
 
 
@@ -144,38 +142,53 @@ def batch_source(valid: Loader, opts: ShapleyOptions, seed: int) -> Loader:
     return rebatch(valid, opts.batch_size, seed=derive_seed(seed, 0x5B), shuffle=not fixed, drop_last=not fixed)
 
 
-def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int, cost: Cost,
-             done: Sequence[Permutation] = (), after: Callable[[list[Permutation]], None] | None = None
-             ) -> ShapleyEstimate:
-    """Monte-Carlo Shapley values of `supernet`'s enabled ops on batches of `source` (see `batch_source`). `done` are
-    permutations already scored (a resume); `after(all so far)` is called after each new one (a checkpoint). Without
-    `after`, the permutations are shared out over the ranks under torchrun (each is a pure function of (seed, j))."""
-    players = players_of(supernet)
-    base = supernet.mixing_weights(detach=True)
-    shared = []
-
-    def score(j: int) -> Permutation:
-        if opts.fixed_valid:
-            if not shared:
-                shared.append(_evaluator(supernet, take_batches(source, opts.batches), opts, cost))
-            ev = shared[0]
-        else:
-            ev = _evaluator(supernet, _fresh_batches(source, j, opts.batches), opts, cost)
+def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, list | None]]
+                       ) -> list[tuple[Permutation, Cost]]:
+    """Permutations `items` = [(j, its batches, or None for the game's fixed batches)] of `game` (players, base
+    weights, options, seed), each with its own evaluator and Cost: a permutation's contributions and its count of
+    forward passes depend on (seed, j) and its batches alone, however the permutations are shared out or resumed."""
+    players, base, opts = game["players"], game["base"], game["opts"]
+    out = []
+    for j, batches in items:
+        cost = Cost()
+        ev = make_evaluator(opts.evaluator, supernet, game["batches"] if batches is None else batches, bn=opts.bn,
+                            cost=cost, cache_mb=opts.cache_mb)
         value = lambda present: ev(without(base, players, present)).accuracy  # noqa: E731
-        return removal_contributions(value, len(players), permutation(len(players), seed, j), opts.threshold)
+        order = permutation(len(players), game["seed"], j)
+        out.append((removal_contributions(value, len(players), order, opts.threshold), cost))
+    return out
+
+
+def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int, cost: Cost,
+             done: Sequence[Permutation] = (), after: Callable[[list[Permutation]], None] | None = None,
+             workers: Workers | None = None, space=None) -> ShapleyEstimate:
+    """Monte-Carlo Shapley values of `supernet`'s enabled ops on batches of `source` (see `batch_source`). `done` are
+    permutations already scored (a resume). With `workers` (and the `space` that rebuilds the supernet on them) the
+    rest are scored in rounds of one permutation per worker, `after(all so far)` called after each round (a
+    checkpoint); without, in one round shared out over the ranks under torchrun (the search mode: every rank runs
+    this). Either way the rows, and the passes added to `cost`, are those of one process scoring them in turn."""
+    players = players_of(supernet)
+    game = {"players": players, "base": supernet.mixing_weights(detach=True), "opts": opts, "seed": seed,
+            "batches": take_batches(source, opts.batches) if opts.fixed_valid else None}
+
+    def item(j: int) -> tuple[int, list | None]:
+        return j, None if opts.fixed_valid else _fresh_batches(source, j, opts.batches)
 
     rows = list(done)
-    if after is None:
-        rows += distributed.rank_map(score, list(range(len(rows), opts.permutations)))
-    for j in range(len(rows), opts.permutations):
-        rows.append(score(j))
-        after(rows)
+    per_round = workers.count if workers is not None else opts.permutations
+    while len(rows) < opts.permutations:
+        js = range(len(rows), min(len(rows) + per_round, opts.permutations))
+        if workers is None:
+            scored = distributed.rank_map(lambda j: score_permutations(supernet, game, [item(j)])[0], list(js))
+        else:
+            scored = workers.map(score_permutations, [item(j) for j in js], supernet, space, game)
+        for row, spent in scored:
+            rows.append(row)
+            cost.add(spent)
+        if after is not None:
+            after(rows)
     contributions = torch.tensor([r.contributions for r in rows], dtype=torch.float64).reshape(len(rows), len(players))
     return ShapleyEstimate(players, contributions, [r.full for r in rows], [r.removed for r in rows])
-
-
-def _evaluator(supernet, batches, opts: ShapleyOptions, cost: Cost):
-    return make_evaluator(opts.evaluator, supernet, batches, bn=opts.bn, cost=cost, cache_mb=opts.cache_mb)
 
 
 def _fresh_batches(source: Loader, j: int, count: int):
@@ -189,13 +202,10 @@ def _fresh_batches(source: Loader, j: int, count: int):
 @register("shapley")
 class ShapleySelector(Selector):
     """Each edge keeps the op with the largest estimated Shapley value (the space's usual derivation rule on these
-    scores). Checkpoints after every permutation; a new call on the same work directory resumes."""
+    scores). Checkpoints after every round of permutations (one per worker of `ctx.workers`; one worker: after
+    every permutation); a new call on the same work directory resumes, with any number of workers."""
 
     Options = ShapleyOptions
-
-    def __init__(self, options: dict | None = None):
-        super().__init__(options)
-        self.options.check(f"select.options.{self.name}")
 
     def run(self, ctx) -> Selection:
         o, net = self.options, ctx.supernet
@@ -216,7 +226,8 @@ class ShapleySelector(Selector):
             progress.save(len(rows), {"contributions": contributions, "full": [r.full for r in rows],
                                       "removed": [r.removed for r in rows], "cost": vars(cost), "rng": rng_state()})
 
-        est = estimate(net, batch_source(ctx.valid, o, ctx.seed), o, ctx.seed, cost, done, checkpoint)
+        est = estimate(net, batch_source(ctx.valid, o, ctx.seed), o, ctx.seed, cost, done, checkpoint, ctx.workers,
+                       ctx.space)
         progress.clear()
         scores = est.matrices(net, est.values(o.estimate))
         stderr = est.stderr()

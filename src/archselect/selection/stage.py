@@ -14,6 +14,7 @@ from ..runs import RunDir, atomic_write_json
 from ..search.loop import load_supernet
 from . import SELECTORS
 from .base import Selection, SelectionContext
+from .workers import Workers, open_workers
 
 
 def build_context(cfg: RunConfig, run: RunDir, device: torch.device, log: Callable[[str], None]) -> SelectionContext:
@@ -27,10 +28,16 @@ def build_context(cfg: RunConfig, run: RunDir, device: torch.device, log: Callab
 
 
 def run_selectors(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device,
-                  log: Callable[[str], None] = print) -> dict[str, Selection]:
+                  log: Callable[[str], None] = print, workers: Workers | None = None) -> dict[str, Selection]:
+    """The selectors `names` on RUN's supernet, each Selection written to RUN/selections/. Independent evaluations run
+    on `workers`, or on those `select.workers` and `select.executor` ask for."""
     classes = [SELECTORS.get(n) for n in names]  # fail on an unknown name before any work
     selectors = [cls(cfg.select.options.get(n)) for cls, n in zip(classes, names)]
+    if workers is None:
+        with open_workers(cfg.select.workers, cfg.select.executor, device=device) as opened:
+            return run_selectors(cfg, run, names, device, log, opened)
     ctx = build_context(cfg, run, device, log)
+    ctx.workers = workers
     reference = copy.deepcopy(ctx.supernet.state_dict())
     results = {}
     for selector in selectors:

@@ -7,12 +7,14 @@ from then on. Written over `supernet.edges[cell_type]` alone, for any space with
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..supernet import Supernet
-from .evaluator import MaskedEvaluator
+from .evaluator import Outcome
+
+Weights = dict[str, torch.Tensor]
 
 
 def node_inputs(edges: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
@@ -30,19 +32,21 @@ def nodes_to_prune(supernet: Supernet, cell_type: str, keep: int) -> list[int]:
             if sum(alive[e] for e in es) > keep]
 
 
-def select_inputs(supernet: Supernet, evaluate: MaskedEvaluator, cell_type: str, node: int, keep: int,
-                  crit: str = "acc") -> dict[str, Any]:
-    """Prune `node`'s inputs in `supernet` (its masks) down to `keep`; returns the record of every round."""
+def select_inputs(supernet: Supernet, evaluate: Callable[[list[Weights]], list[Outcome]], cell_type: str, node: int,
+                  keep: int, crit: str = "acc") -> dict[str, Any]:
+    """Prune `node`'s inputs in `supernet` (its masks) down to `keep`; returns the record of every round.
+    `evaluate(settings) -> outcomes` evaluates a list of mixing weights (a round's removals at once)."""
     mask = supernet.mask(cell_type)
     remaining = [e for e in node_inputs(supernet.edges[cell_type])[node] if bool(mask[e].any())]
     rounds = []
     while len(remaining) > keep:
         base = supernet.mixing_weights(detach=True)
-        outcomes = {}
+        removals = []
         for e in remaining:
             w = {ct: t.clone() for ct, t in base.items()}
             w[cell_type][e] = 0.0
-            outcomes[e] = evaluate(w)
+            removals.append(w)
+        outcomes = dict(zip(remaining, evaluate(removals)))
         if crit == "acc":
             drop = max(remaining, key=lambda e: (outcomes[e].accuracy, -remaining.index(e)))
         else:

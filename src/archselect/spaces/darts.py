@@ -318,6 +318,8 @@ class DARTSNetwork(nn.Module):
 class DARTSSpace:
     """Factory for DARTS-space supernets and networks. `N` is the number of cells (DARTS' "layers")."""
 
+    chooses_none = False  # `derive` never keeps `none` (not a dataclass field: no annotation)
+
     C: int = 16
     N: int = 8
     in_channels: int = 3

@@ -154,6 +154,8 @@ class NB201Network(nn.Module):
 class NB201Space:
     """Factory for NAS-Bench-201 supernets and networks of a given size."""
 
+    chooses_none = True  # `derive` may keep `none` on an edge (not a dataclass field: no annotation)
+
     C: int = 16
     N: int = 5
     in_channels: int = 3

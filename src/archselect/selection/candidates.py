@@ -1,0 +1,64 @@
+"""The candidate weight settings of one DARTS-PT decision (each op of an edge removed in turn, or each input edge of a
+node), evaluated on the supernet's current state: here, or split over the selector's workers.
+
+The outcome of a setting depends on its plans alone (which ops run, with which weights), and an evaluator computes a
+repeated plan once: removing `none` leaves the full supernet's plans, so one process pays for it once. Settings with
+equal plans therefore go to the same worker, whose fresh evaluator memoises the repeat just as one process's would:
+outcomes and the count of forward passes are the same however the decision is split.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..supernet import Supernet
+from .base import Cost
+from .evaluator import Outcome, make_evaluator
+from .workers import Workers
+
+Weights = dict[str, torch.Tensor]
+
+
+def plan_key(supernet: Supernet, weights: Weights) -> tuple:
+    """Hashable form of the plans `weights` give on `supernet` (equal keys: equal outcomes)."""
+    plans = supernet.plans(weights)
+    return tuple(tuple(tuple(edge) for edge in plans[ct]) for ct in supernet.cell_types)
+
+
+def evaluate_groups(supernet: Supernet, setup: dict[str, Any], groups: list[list[Weights]]
+                    ) -> list[tuple[list[Outcome], Cost]]:
+    """Each group of settings (equal plans within a group) on one evaluator; per group its outcomes and passes."""
+    cost = Cost()
+    ev = make_evaluator(setup["evaluator"], supernet, setup["batches"], bn=setup["bn"], cost=cost,
+                        cache_mb=setup["cache_mb"])
+    out = []
+    for group in groups:
+        forward, images = cost.forward, cost.images
+        outcomes = [ev(w) for w in group]
+        out.append((outcomes, Cost(forward=cost.forward - forward, images=cost.images - images)))
+    return out
+
+
+class Candidates:
+    """`candidates(settings) -> outcomes` for `supernet` as it is at the call (masks, fine-tuned weights), on
+    `batches`; the passes are added to `cost`."""
+
+    def __init__(self, workers: Workers, space: Any, supernet: Supernet, batches: list, options: Any, cost: Cost):
+        self.workers, self.space, self.supernet, self.cost = workers, space, supernet, cost
+        self.setup = {"batches": batches, "evaluator": options.evaluator, "bn": options.bn,
+                      "cache_mb": options.cache_mb}
+
+    def __call__(self, settings: list[Weights]) -> list[Outcome]:
+        groups: dict[tuple, list[int]] = {}
+        for i, w in enumerate(settings):
+            groups.setdefault(plan_key(self.supernet, w), []).append(i)
+        members = list(groups.values())
+        results = self.workers.map(evaluate_groups, [[settings[i] for i in idx] for idx in members], self.supernet,
+                                   self.space, self.setup)
+        outcomes: list[Outcome] = [None] * len(settings)  # type: ignore[list-item]
+        for idx, (group_outcomes, spent) in zip(members, results):
+            self.cost.add(spent)
+            for i, outcome in zip(idx, group_outcomes):
+                outcomes[i] = outcome
+        return outcomes
