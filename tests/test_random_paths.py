@@ -40,6 +40,7 @@ def test_enumerating_every_path_finds_the_brute_force_best():
     chosen = tuple(_ops_of(sel, ctx))
     assert outcomes[chosen] == best
     assert sel.details["best_accuracy"] == best[0]
+    assert "tied_edges" not in sel.details  # the architecture is the best path, not an argmax of the scores
     counts = sel.details["counts"]["cell"]
     assert all(row[SKIP] == row[CONV] == 32 and sum(row) == 64 for row in counts)  # each op in half of the paths
 

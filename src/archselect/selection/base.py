@@ -89,6 +89,7 @@ class SelectionContext:
 class Selector(abc.ABC):
     Options: type = NoOptions
     name = "selector"
+    ties_matter = True  # the architecture is derived from the scores, so a tie makes the choice arbitrary
 
     def __init__(self, options: dict | None = None):
         prefix = f"select.options.{self.name}"
@@ -100,7 +101,8 @@ class Selector(abc.ABC):
         start = time.perf_counter()
         selection = self.run(ctx)
         selection.cost.seconds = time.perf_counter() - start
-        ties = tied_edges(selection.scores, ctx.supernet, getattr(ctx.space, "chooses_none", True))
+        chooses_none = getattr(ctx.space, "chooses_none", True)
+        ties = self.ties_matter and tied_edges(selection.scores, ctx.supernet, chooses_none)
         if ties:
             selection.details["tied_edges"] = ties
             where = ", ".join(f"{ct} {edges}" for ct, edges in ties.items())

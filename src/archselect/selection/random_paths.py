@@ -49,6 +49,7 @@ class RandomPathsOptions:
 @register("random-paths")
 class RandomPaths(Selector):
     Options = RandomPathsOptions
+    ties_matter = False  # the architecture is the best path, not an argmax of the (per-op mean) scores
 
     def run(self, ctx) -> Selection:
         opts, net = self.options, ctx.supernet
