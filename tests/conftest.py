@@ -25,6 +25,17 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test. Tests of tiny models use it module-wide
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`): on a shared, loaded 2-core machine a second thread only
+    waits for a descheduled sibling (measured: 10-30x the CPU time with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def nb201_csv():
     if not NB201_CSV.is_file():
         pytest.skip("the NAS-Bench-201 table from ../shared is not available")

@@ -24,13 +24,7 @@ SELECTORS_USED = ["magnitude"] + ([SECOND] if SECOND else [])
 TIMING = ("search_seconds", "select_seconds")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only spins (10x the CPU time, measured)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def bench_yaml(root: Path, data_dir: Path) -> Path:

@@ -13,14 +13,7 @@ from archselect.supernet import Supernet
 
 # -- shared helpers (imported by test_perturbation and test_shapley) ------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these nets are tiny, and on a shared, oversubscribed machine every multi-threaded op waits
-    for a descheduled sibling thread (measured: 30x more CPU time with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def quadrant_set(n: int, seed: int, size: int = 8) -> ImageSet:

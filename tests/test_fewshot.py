@@ -26,13 +26,7 @@ from archselect.supernet import Supernet
 from conftest import tiny_idx_dir
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is many times faster than two on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # ---------------------------------------------------------------------------------------------------- partitions

@@ -14,12 +14,7 @@ from archselect.spaces.nb201 import NB201Space
 from archselect.supernet import Supernet, weighted_sum
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def tiny_nb201(dtype=torch.float64):

@@ -15,13 +15,7 @@ from archselect.search.rsps import connected, sample_path
 from archselect.spaces.nb201 import EDGES, NB201Space
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: thread hand-offs cost more than they save, badly so on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def tiny_supernet(dtype=torch.float32, alpha_init_std=1e-3):

@@ -29,8 +29,10 @@ from archselect.spaces.nb201 import NB201Space
 
 from conftest import tiny_idx_dir
 from test_distributed import free_port, run_bounded
-from test_evaluator import TwoCellTypes, random_alphas, single_thread, tiny_context  # noqa: F401  (fixture)
+from test_evaluator import TwoCellTypes, random_alphas, tiny_context
 from test_executors import ray_executor  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 TESTS = Path(__file__).resolve().parent
 

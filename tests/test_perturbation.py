@@ -10,8 +10,10 @@ from archselect.selection.perturbation import Perturbation, decision_events, tra
 from archselect.selection.topology import nodes_to_prune, select_inputs
 from archselect.spaces.nb201 import NB201Space
 
-from test_evaluator import random_alphas, single_thread, tiny_context  # noqa: F401  (fixture)
+from test_evaluator import random_alphas, tiny_context
 from test_shapley import planted_context
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 FAST = {"tune_steps": 0, "valid_batches": 2}
 

@@ -22,7 +22,9 @@ from archselect.spaces.nb201 import EDGES, NB201Space
 from archselect.supernet import Supernet, weighted_sum
 
 from conftest import tiny_idx_dir
-from test_evaluator import random_alphas, single_thread, tiny_context  # noqa: F401  (fixture)
+from test_evaluator import random_alphas, tiny_context
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 PLAYERS = [0, 1, 2, 3]
 

@@ -26,12 +26,7 @@ TINY = ["data.dataset=digits", "train.C=4", "train.N=1", "train.batch_size=32", 
         "data.eval_batch_size=360", "threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # -- counters ----------------------------------------------------------------------------------------------------------
