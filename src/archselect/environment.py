@@ -47,11 +47,15 @@ def configure(seed: int, deterministic: bool, threads: int | None) -> None:
         torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # = use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor (~1.4 s at
-        # every CLI start) to set a torch.compile flag; archselect never compiles
-        torch.set_deterministic_debug_mode("warn")
+        set_deterministic(True)
         torch.backends.cudnn.benchmark = False
     seed_everything(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """`use_deterministic_algorithms(enabled, warn_only=True)` without its import of torch._inductor (~1.4 s at every
+    CLI start and in every selection worker) to set a torch.compile flag; archselect never compiles."""
+    torch.set_deterministic_debug_mode("warn" if enabled else "default")
 
 
 def rng_state() -> dict:

@@ -229,15 +229,17 @@ class MaskedEvaluator:
         is counted per storage, once however many entries view it (convolution outputs are slices of one tensor)."""
         tensors = _tensors(value)
         storages = list({t.untyped_storage().data_ptr(): t for t in tensors}.items())
-        size = sum(t.untyped_storage().nbytes() for ptr, t in storages if ptr not in self._storages)
-        if key in self._cache or size > self.cache_bytes:
+
+        def new_bytes() -> int:  # what storing it adds: the storages no cached entry holds yet
+            return sum(t.untyped_storage().nbytes() for ptr, t in storages if ptr not in self._storages)
+
+        if key in self._cache or new_bytes() > self.cache_bytes:
             return
-        while self._cached + size > self.cache_bytes:
+        while self._cached + new_bytes() > self.cache_bytes:
             oldest = next(iter(self._cache))
             if self._cache[oldest][3] == self._evaluation:
                 return
             self._drop(oldest)
-            size = sum(t.untyped_storage().nbytes() for ptr, t in storages if ptr not in self._storages)
         for ptr, t in storages:
             held = self._storages.setdefault(ptr, [t.untyped_storage().nbytes(), 0])
             self._cached += held[0] if held[1] == 0 else 0

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .. import distributed
-from ..environment import keep_freed_memory
+from ..environment import keep_freed_memory, set_deterministic
 from ..executors import interleave, make_executor, split_map
 from ..supernet import Supernet
 
@@ -67,12 +67,12 @@ class Replica:
     def arithmetic(self) -> Iterator[None]:
         threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
         torch.set_num_threads(self.threads)
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        set_deterministic(self.deterministic)
         try:
             yield
         finally:
             torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic, warn_only=True)
+            set_deterministic(deterministic)
 
 
 def _on_replica(fn: Task, replica: Replica, shared: Any, items: list[Any]) -> list[Any]:
