@@ -4,7 +4,7 @@
 setting, every op of every edge computed (a zero weight multiplies its output). "Efficient" is
 selection/evaluator.py: memo of known outcomes (removing `none` or an op already at 0), prefix cache, op cache in the
 first cell (only the ops reading the changed edge's destination or later nodes are recomputed), zero-weight ops not
-computed. Both give the same scores (the table checks; tests/test_evaluator.py checks the logits bit for bit), so the
+computed; with --stack S, also S settings per pass (selection/stacking.py). Both give the same scores (the table checks; tests/test_evaluator.py checks the logits bit for bit), so the
 ratio is pure overhead removed. NAS-Bench-201 shares one α across all its cells, so a perturbation changes every cell
 from the first on: the reuse is confined to the first cell, which is 60% of a forward at N=1 but 1/15 of the cells
 (about 13% of the time) at N=5.
@@ -16,7 +16,8 @@ that the machine's drift hits them alike. Seconds are wall time; CPU is this pro
 
     .venv/bin/python benchmarks/selection_cost.py                     # N=1 and N=5
     .venv/bin/python benchmarks/selection_cost.py --N 1 --batches 2 --permutations 3
-    .venv/bin/python benchmarks/selection_cost.py --probe-batching    # images/s at batch 256 vs 1024 (lever d)
+    .venv/bin/python benchmarks/selection_cost.py --stack 4           # also stacking 4 settings per pass
+    .venv/bin/python benchmarks/selection_cost.py --probe-batching    # images/s by batch size: can stacking pay?
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import time
 import torch
 
 from archselect.data import ImageSet, Loader
+from archselect.environment import keep_freed_memory
 from archselect.selection.base import SelectionContext
 from archselect.selection.perturbation import Perturbation
 from archselect.selection.shapley import ShapleySelector
@@ -61,31 +63,38 @@ def rows_for(N: int, args) -> list[tuple]:
         "shapley": (ShapleySelector, {"permutations": args.permutations, "batch_size": args.batch,
                                       "batches": args.batches}),
     }
+    variants = {"naive": {"evaluator": "naive"}, "efficient": {"evaluator": "efficient"}}
+    if args.stack > 1:
+        variants[f"stack {args.stack}"] = {"evaluator": "efficient", "stack": args.stack}
     rows = []
     for name, (cls, options) in budgets.items():
-        order = ["naive", "efficient"] if len(rows) % 2 == 0 else ["efficient", "naive"]
-        out = {kind: measure(cls, {**options, "evaluator": kind}, ctx) for kind in order}
-        (fast, t_fast, c_fast), (naive, t_naive, c_naive) = out["efficient"], out["naive"]
-        assert fast.scores == naive.scores, f"{name}: efficient and naive scores differ"
-        rows.append((N, name, naive.cost.forward, fast.cost.forward, t_naive, t_fast, c_naive, c_fast))
-        print(f"  N={N} {name}: naive {t_naive:.1f}s, efficient {t_fast:.1f}s", flush=True)
+        order = list(variants) if len(rows) % 2 == 0 else list(variants)[::-1]
+        out = {kind: measure(cls, {**options, **variants[kind]}, ctx) for kind in order}
+        naive, t_naive, c_naive = out["naive"]
+        for kind in variants:
+            if kind == "naive":
+                continue
+            fast, t_fast, c_fast = out[kind]
+            assert fast.scores == naive.scores, f"{name}: {kind} and naive scores differ"
+            rows.append((N, name, kind, naive.cost.forward, fast.cost.forward, t_naive, t_fast, c_naive, c_fast))
+            print(f"  N={N} {name}: naive {t_naive:.1f}s, {kind} {t_fast:.1f}s", flush=True)
     return rows
 
 
-def probe_batching(N: int, rounds: int = 3) -> None:
-    """Images per second of one eval-mode forward at batch 256 and 1024: whether stacking weight settings along the
-    batch could pay (lever d). Interleaved rounds, best of each."""
+def probe_batching(N: int, rounds: int = 3, sizes=(64, 128, 256, 1024)) -> None:
+    """Images per second of one eval-mode forward by batch size: whether stacking weight settings along the batch
+    can pay on this device (stacking.py). Interleaved rounds, best of each."""
     net = NB201Space(C=16, N=N).supernet().to(memory_format=torch.channels_last).eval()
     w = net.mixing_weights(detach=True)
     best = {}
     with torch.no_grad():
         for _ in range(rounds):
-            for b in (256, 1024):
+            for b in sizes:
                 x = torch.randn(b, 3, 32, 32).contiguous(memory_format=torch.channels_last)
                 t = time.perf_counter()
                 net(x, w)
                 best[b] = max(best.get(b, 0.0), b / (time.perf_counter() - t))
-    print(f"N={N} eval forward: {best[256]:.0f} img/s at batch 256, {best[1024]:.0f} img/s at batch 1024")
+    print(f"N={N} eval forward, images/s by batch size: " + ", ".join(f"{b}: {best[b]:.0f}" for b in sizes))
 
 
 def main() -> None:
@@ -94,9 +103,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--batches", type=int, default=1, help="scoring batches (perturbation) / per permutation")
     p.add_argument("--permutations", type=int, default=2)
+    p.add_argument("--stack", type=int, default=1, help="also measure the efficient evaluator stacking S settings")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     p.add_argument("--probe-batching", action="store_true")
     args = p.parse_args()
+    keep_freed_memory()  # as the CLI does: without it, whichever variant runs after a larger one skips page faults
     torch.set_num_threads(args.threads)
     if args.probe_batching:
         for N in args.N:
@@ -105,11 +116,11 @@ def main() -> None:
     rows = [r for N in args.N for r in rows_for(N, args)]
     print(f"\nNB201 C=16, batch {args.batch} x {args.batches}, {args.permutations} Shapley permutations, "
           f"{args.threads} thread(s); scores identical in every row")
-    print(f"{'N':>2} {'selector':<13} {'fwd naive':>9} {'fwd eff':>8} {'s naive':>8} {'s eff':>7} "
-          f"{'cpu naive':>9} {'cpu eff':>8} {'wall ratio':>10} {'cpu ratio':>9}")
-    for N, name, fn, fe, tn, te, cn, ce in rows:
-        print(f"{N:>2} {name:<13} {fn:>9} {fe:>8} {tn:>8.1f} {te:>7.1f} {cn:>9.1f} {ce:>8.1f} {tn / te:>9.2f}x "
-              f"{cn / ce:>8.2f}x")
+    print(f"{'N':>2} {'selector':<13} {'variant':<10} {'fwd naive':>9} {'fwd var':>8} {'s naive':>8} {'s var':>7} "
+          f"{'cpu naive':>9} {'cpu var':>8} {'wall ratio':>10} {'cpu ratio':>9}")
+    for N, name, kind, fn, fe, tn, te, cn, ce in rows:
+        print(f"{N:>2} {name:<13} {kind:<10} {fn:>9} {fe:>8} {tn:>8.1f} {te:>7.1f} {cn:>9.1f} {ce:>8.1f} "
+              f"{tn / te:>9.2f}x {cn / ce:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from archselect.arch import Architecture, Cell, Edge
 from archselect.errors import UserError
 from archselect.selection import SELECTORS, SelectionContext
-from archselect.selection.influence import (active_coordinates, batch_derivatives, expansion_point, mixing,
-                                            scoring_copy)
+from archselect.selection.influence import (active_coordinates, batch_derivatives, expansion_point,
+                                            hutchinson_diagonal, mixing, scoring_copy)
 from archselect.spaces.nb201 import NB201Space
 from archselect.supernet import Supernet, weighted_sum
 
@@ -111,6 +111,44 @@ def test_taylor_terms_are_the_derivatives_along_the_removal_path(smooth):
     assert str(sel.architecture) == str(NB201Space().derive({"cell": score}))
 
 
+def test_hutchinson_is_exact_for_a_diagonal_hessian():
+    theta = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([3.0, -1.0, 0.5, 7.0], dtype=torch.float64)
+    (g,) = torch.autograd.grad((0.5 * a * theta**2).sum() + theta.sum(), [theta], create_graph=True)
+    active = torch.tensor([True, True, False, True])
+    (h,) = hutchinson_diagonal([g], [theta], [active], probes=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(h, a * active)  # z_i² = 1: every draw gives H_ii exactly; inactive coordinates stay 0
+
+
+def test_hutchinson_converges_to_the_exact_diagonal():
+    model = scoring_copy(tiny_nb201(), "train")
+    x, y = batch()
+    theta = expansion_point(model, "softmax")
+    active = active_coordinates(model, "softmax")
+    _, exact = batch_derivatives(model, theta, "softmax", x, y, active)
+
+    def error(probes):
+        gen = torch.Generator().manual_seed(1)
+        _, h = batch_derivatives(model, theta, "softmax", x, y, active, hvp_batch=64, probes=probes, generator=gen)
+        assert torch.all(h["cell"][:, 0] == 0)  # `none` is not a coordinate
+        return (h["cell"] - exact["cell"]).abs().max().item()
+
+    scale = exact["cell"].abs().max().item()
+    assert error(4096) < 0.1 * scale and error(4096) < error(4) / 4  # the error falls as 1/sqrt(probes)
+
+
+def test_hutchinson_selector_is_seeded_and_counts_its_products():
+    sn = tiny_nb201(torch.float32)
+    batches = [batch(s, dtype=torch.float32) for s in range(2)]
+    options = {"batches": 2, "hessian": "hutchinson", "probes": 5}
+    one, two = (SELECTORS.get("influence")(options).select(context(NB201Space(), sn, batches)) for _ in range(2))
+    assert one.scores == two.scores and one.details["options"]["hessian"] == "hutchinson"
+    assert one.details["hvp_per_batch"] == 5 and one.cost.backward == 2 * (1 + 5)
+    exact = SELECTORS.get("influence")({"batches": 2}).select(context(NB201Space(), sn, batches))
+    assert one.details["first_order"] == exact.details["first_order"]  # only the curvature is estimated
+    assert one.details["hessian_diagonal"] != exact.details["hessian_diagonal"]
+
+
 # -- the selector -----------------------------------------------------------------------------------------------------
 
 def test_selector_averages_batches_reports_cost_and_leaves_the_supernet_alone():
@@ -132,7 +170,7 @@ def test_selector_averages_batches_reports_cost_and_leaves_the_supernet_alone():
 
 
 @pytest.mark.parametrize("options", [{"terms": "all"}, {"weights": "logits"}, {"bn": "frozen"}, {"batches": -1},
-                                     {"hessian": "fisher"}, {"hvp_batch": 0}])
+                                     {"hessian": "fisher"}, {"hvp_batch": 0}, {"probes": 0}])
 def test_bad_options_are_user_errors(options):
     with pytest.raises(UserError, match="influence"):
         SELECTORS.get("influence")(options)

@@ -47,8 +47,13 @@ def test_exact_shapley_is_efficient_and_symmetric():
     assert sym[0] == pytest.approx(sym[1]) == pytest.approx(sym[2]) == pytest.approx(3.0) and sym[3] == 0.0
 
 
+def each(value):
+    """`removal_contributions` asks for a list of coalitions at a time."""
+    return lambda coalitions: [value(c) for c in coalitions]
+
+
 def test_removal_order_over_all_permutations_is_exact():
-    rows = [removal_contributions(present_value, 4, order, -math.inf).contributions
+    rows = [removal_contributions(each(present_value), 4, order, -math.inf).contributions
             for order in itertools.permutations(PLAYERS)]
     mean = torch.tensor(rows, dtype=torch.float64).mean(0)
     phi = exact_shapley(game, PLAYERS)
@@ -61,16 +66,25 @@ def test_monte_carlo_converges_to_exact():
     phi = torch.tensor([exact_shapley(game, PLAYERS)[i] for i in PLAYERS], dtype=torch.float64)
 
     def error(m):
-        rows = [removal_contributions(present_value, 4, permutation(4, 7, j), -math.inf).contributions
+        rows = [removal_contributions(each(present_value), 4, permutation(4, 7, j), -math.inf).contributions
                 for j in range(m)]
         return (torch.tensor(rows, dtype=torch.float64).mean(0) - phi).abs().max().item()
 
     assert error(3000) < 0.05 < error(3)
 
 
-def test_truncation_leaves_unreached_players_at_zero():
-    out = removal_contributions(lambda p: float(sum(p)), 4, [2, 0, 3, 1], 0.6)
+@pytest.mark.parametrize("ahead", [1, 2, 3, 10])
+def test_truncation_leaves_unreached_players_at_zero(ahead):
+    asked = []
+
+    def values(coalitions):
+        asked.append(len(coalitions))
+        return [float(sum(p)) for p in coalitions]
+
+    out = removal_contributions(values, 4, [2, 0, 3, 1], 0.6, ahead)
     assert out.contributions == [1.0, 0.0, 1.0, 0.0] and out.removed == 2 and out.full == 4.0
+    # coalitions are asked for `ahead` at a time, and none after the truncation's batch
+    assert asked[:-1] == [ahead] * (len(asked) - 1) and sum(asked) == min(5, ahead * -(-3 // ahead))
 
 
 # -- a planted supernet: only nor_conv_3x3 on edge 3 (0->3) carries the label ---------------------------------------

@@ -142,10 +142,21 @@ class Supernet(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def run_layer(self, i: int, state, plans: dict[str, Plan]):
-        """Layer i applied to `state`. A supernet with `accepts_fan` also takes `fan=` (a `spaces.mixed.Fan`), through
-        which its cells compute their op outputs: the selection evaluator uses it to reuse them across evaluations."""
+        """Layer i applied to `state`. A supernet with a `fan` also takes `fan=` (a `spaces.mixed.Fan`), through which
+        its cells compute their op outputs: the selection evaluator passes one that reuses them across evaluations or
+        stacks several weight settings along the batch."""
 
-    accepts_fan = False
+    # The Fan its cells use by default when run_layer takes `fan=` (None: it does not). The terms a fan returns for an
+    # edge follow `term_order(edge, plan)`.
+    fan = None
+    # Whether an op's output in the first cell of a cell type is a function of that cell's input and the plans
+    # upstream of it alone, so that the selection evaluator may keep it across evaluations (no random ops).
+    reusable_ops = False
+
+    @staticmethod
+    def term_order(edge, plan):
+        """The (op, weight) pairs of an edge's plan in the order its fan returns their terms."""
+        return list(plan)
 
     @abc.abstractmethod
     def head(self, state) -> torch.Tensor:

@@ -31,12 +31,17 @@ def evaluate_groups(supernet: Supernet, setup: dict[str, Any], groups: list[list
     """Each group of settings (equal plans within a group) on one evaluator; per group its outcomes and passes."""
     cost = Cost()
     ev = make_evaluator(setup["evaluator"], supernet, setup["batches"], bn=setup["bn"], cost=cost,
-                        cache_mb=setup["cache_mb"])
+                        cache_mb=setup["cache_mb"], stack=setup["stack"])
+    # the first setting of each group is new to this evaluator and costs the same passes as any other: compute them
+    # together (stacked where the evaluator can) and share their passes out equally
+    firsts = ev.many([group[0] for group in groups])
+    first_cost = Cost(forward=cost.forward // len(groups), images=cost.images // len(groups))
     out = []
-    for group in groups:
+    for group, first in zip(groups, firsts):
         forward, images = cost.forward, cost.images
-        outcomes = [ev(w) for w in group]
-        out.append((outcomes, Cost(forward=cost.forward - forward, images=cost.images - images)))
+        outcomes = [first, *(ev(w) for w in group[1:])]
+        out.append((outcomes, Cost(forward=first_cost.forward + cost.forward - forward,
+                                   images=first_cost.images + cost.images - images)))
     return out
 
 
@@ -47,7 +52,7 @@ class Candidates:
     def __init__(self, workers: Workers, space: Any, supernet: Supernet, batches: list, options: Any, cost: Cost):
         self.workers, self.space, self.supernet, self.cost = workers, space, supernet, cost
         self.setup = {"batches": batches, "evaluator": options.evaluator, "bn": options.bn,
-                      "cache_mb": options.cache_mb}
+                      "cache_mb": options.cache_mb, "stack": options.stack}
 
     def __call__(self, settings: list[Weights]) -> list[Outcome]:
         groups: dict[tuple, list[int]] = {}

@@ -1,7 +1,7 @@
 """Accuracy and loss of a supernet under many mixing-weight settings, on a fixed list of validation batches.
 
 Perturbation (DARTS-PT) and Shapley-NAS both ask the same question hundreds of times: how accurate is the supernet
-with these mixing weights? `MaskedEvaluator` answers it with three levers that never change the answer (a test checks
+with these mixing weights? `MaskedEvaluator` answers it with levers that never change the answer (a test checks
 torch.equal against `NaiveEvaluator`, which recomputes the whole supernet with every op, as the official code does):
 
 - memo: the outcome is a pure function of the per-edge plans (which ops run, with which weights), the batches and the
@@ -9,15 +9,14 @@ torch.equal against `NaiveEvaluator`, which recomputes the whole supernet with e
 - prefix cache: the state entering layer i depends only on the weights of the cell types that layers < i read. It is
   kept per batch and reused when those weights are unchanged (e.g. perturbing the reduce cell of a DARTS supernet
   skips every layer before the first reduction cell; on NAS-Bench-201, with one cell type, only the stem is saved);
-- op cache: inside the first cell of a cell type (supernets with `accepts_fan`), each op output depends only on that
+- op cache: inside the first cell of a cell type (supernets with `reusable_ops`), each op output depends only on that
   cell's input, the plans of the edges into its source node and the nodes before it, and its own (op, weight). It is
   kept per batch, so an evaluation that changes edge (i -> j) recomputes only the ops reading node j or later nodes:
   on NAS-Bench-201, where one α drives all cells, this first cell is where the reuse is (60% of a C=16 N=1 forward);
 - plans: ops with zero weight are not computed at all (the supernet's own planning).
 
-Batching several weight settings into one pass was measured and rejected: on CPU a forward of 256 images is already
-compute-bound (a 4x larger batch gave no more images per second), it would need per-image weights (different
-arithmetic, so no longer bit-equal to the naive result), and in train-mode BN the settings would share batch statistics.
+- stacking (option `stack`, off by default): several settings in one pass, their copies of the batch stacked along
+  the batch dimension (stacking.py). For accelerators: on CPU, larger batches run slower per image.
 """
 from __future__ import annotations
 
@@ -32,9 +31,12 @@ import torch.nn.functional as F
 
 from ..data import Loader
 from ..errors import UserError
-from ..spaces.mixed import Terms, fan_out, term_order
+from ..spaces.mixed import Terms
+from ..spaces.ops import stacked
 from ..supernet import Plan, Supernet
+from . import stacking
 from .base import Cost
+from .stacking import StackedFan
 
 BN_MODES = ("train", "eval")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -115,15 +117,17 @@ class MaskedEvaluator:
     """
 
     def __init__(self, supernet: Supernet, batches: Sequence[Batch], *, bn: str = "train", cost: Cost | None = None,
-                 cache_mb: float = 1024.0):
+                 cache_mb: float = 1024.0, stack: int = 1):
         self.supernet, self.batches = supernet, list(batches)
         self.bn = check_bn_mode(bn, "bn")
         self.cost = cost if cost is not None else Cost()
         self.cache_bytes = int(cache_mb * 2**20)
+        # settings per pass (stacking.py): cells must take a fan, and no op may draw random numbers
+        self.stack = stack if supernet.fan is not None and "noise" not in supernet.op_names else 1
         self.layers_run = 0  # layers computed, a finer cost measure than whole forward passes
         self.ops_reused = 0  # op outputs taken from the op cache
         self._prefix = self._prefix_cell_types()
-        self._op_cache = supernet.accepts_fan and self.cache_bytes > 0
+        self._op_cache = supernet.reusable_ops and self.cache_bytes > 0
         self.reset()
 
     def reset(self) -> None:
@@ -146,20 +150,50 @@ class MaskedEvaluator:
 
     # -- public ----------------------------------------------------------------------------------------------------
     def __call__(self, weights: dict[str, torch.Tensor]) -> Outcome:
-        plans = self.plans(weights)
-        key = tuple(_plan_key(plans[ct]) for ct in self.supernet.cell_types)
-        if key in self._memo:
-            return self._memo[key]
-        correct, count, loss = 0, 0, 0.0
+        return self.many([weights])[0]
+
+    def many(self, settings: Sequence[dict[str, torch.Tensor]]) -> list[Outcome]:
+        """The outcome of each weight setting; new ones `stack` to a pass where they can share one (stacking.py)."""
+        plans = [self.plans(w) for w in settings]
+        keys = [self._memo_key(p) for p in plans]
+        new: dict[tuple, dict[str, Plan]] = {}
+        for key, p in zip(keys, plans):
+            if key not in self._memo:
+                new.setdefault(key, p)
+        todo = list(new.items())
+        for group in stacking.groups([p for _, p in todo], self.stack):
+            self._evaluate([todo[i] for i in group])
+        return [self._memo[key] for key in keys]
+
+    def _memo_key(self, plans: dict[str, Plan]) -> tuple:
+        return tuple(_plan_key(plans[ct]) for ct in self.supernet.cell_types)
+
+    def _evaluate(self, group: list[tuple[tuple, dict[str, Plan]]]) -> None:
+        """Outcomes of the settings of `group` ((memo key, plans) pairs), into the memo: one pass per batch. A stack
+        that runs out of accelerator memory is split in two and retried."""
+        sums = [[0, 0, 0.0] for _ in group]
         self._evaluation += 1
-        with self._mode():
-            for b, (x, y) in enumerate(self.batches):
-                logits = self._logits(b, x, plans)
-                correct += int((logits.argmax(1) == y).sum())
-                count += y.numel()
-                loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        outcome = self._memo[key] = Outcome(correct, count, loss)
-        return outcome
+        counted = self.cost.forward, self.cost.images
+        try:
+            with self._mode():
+                for b, (x, y) in enumerate(self.batches):
+                    logits = (self._logits(b, x, group[0][1]) if len(group) == 1
+                              else self._stacked_logits(b, x, [p for _, p in group]))
+                    for acc, part in zip(sums, logits.chunk(len(group))):
+                        acc[0] += int((part.argmax(1) == y).sum())
+                        acc[1] += y.numel()
+                        acc[2] += float(F.cross_entropy(part, y, reduction="sum"))
+        except torch.OutOfMemoryError:
+            if len(group) == 1:
+                raise
+            self.cost.forward, self.cost.images = counted
+            half = (len(group) + 1) // 2
+            self.stack = min(self.stack, half)
+            self._evaluate(group[:half])
+            self._evaluate(group[half:])
+            return
+        for (key, _), (correct, count, loss) in zip(group, sums):
+            self._memo[key] = Outcome(correct, count, loss)
 
     def logits(self, weights: dict[str, torch.Tensor], b: int) -> torch.Tensor:
         """Logits of batch b (for tests and inspection)."""
@@ -179,10 +213,15 @@ class MaskedEvaluator:
     def _logits(self, b: int, x: torch.Tensor, plans: dict[str, Plan]) -> torch.Tensor:
         net = self.supernet
         self.cost.count(x.shape[0])
-        start, state = self._lookup(b, plans)
+        return net.head(self._layers(b, x, plans, net.num_layers))
+
+    def _layers(self, b: int, x: torch.Tensor, plans: dict[str, Plan], stop: int) -> Any:
+        """The state entering layer `stop` for batch b (x) under `plans`, through the caches."""
+        net = self.supernet
+        start, state = self._lookup(b, plans, stop)
         if state is None:
             state = net.stem(x)
-        for i in range(start, net.num_layers):
+        for i in range(start, stop):
             if i not in self._prefix:
                 state = net.run_layer(i, state, plans)
             else:
@@ -194,17 +233,43 @@ class MaskedEvaluator:
                 else:
                     state = net.run_layer(i, state, plans)
             self.layers_run += 1
-        return net.head(state)
+        if start < stop < net.num_layers and stop in self._prefix:  # where stacked settings part ways
+            self._store(self._key(b, stop, plans), state)
+        return state
+
+    def _stacked_logits(self, b: int, x: torch.Tensor, group: list[dict[str, Plan]]) -> torch.Tensor:
+        """Logits of batch b under each setting of `group`, concatenated: the layers before the first one whose
+        weights differ run once, as for one setting (caches included); with the op cache, that first layer runs
+        per setting through it; the rest run on the stacked batch."""
+        net, n = self.supernet, len(group)
+        plans, absent = stacking.union(group)
+        differ = {ct for ct in net.cell_types if any(p[ct] != group[0][ct] for p in group)}
+        split = next(i for i in range(net.num_layers) if net.layer_cell_type(i) in differ)
+        for _ in group:
+            self.cost.count(x.shape[0])
+        if self._op_cache:
+            state = stacking.concat([self._layers(b, x, p, split + 1) for p in group])
+            split += 1
+        else:
+            state = stacking.concat([self._layers(b, x, group[0], split)] * n)
+        with stacked(n):
+            for i in range(split, net.num_layers):
+                ct = net.layer_cell_type(i)
+                fan = (None if ct is None else
+                       StackedFan(net.fan, net.term_order, absent[ct], x.shape[0]))
+                state = net.run_layer(i, state, plans) if fan is None else net.run_layer(i, state, plans, fan=fan)
+                self.layers_run += n
+            return net.head(state)
 
     def _key(self, b: int, i: int, plans: dict[str, Plan]) -> tuple:
         return (b, i, tuple(_plan_key(plans[ct]) for ct in self._prefix[i]))
 
-    def _lookup(self, b: int, plans: dict[str, Plan]) -> tuple[int, Any]:
-        """The deepest cached state of batch b whose prefix weights equal those of `plans`. Valid in both BN modes:
-        a prefix state is computed from this batch alone, with no running statistics touched and no randomness, by
-        layers that read none of the weights that differ. A state whose tensors were changed in place since it was
+    def _lookup(self, b: int, plans: dict[str, Plan], stop: int) -> tuple[int, Any]:
+        """The deepest cached state of batch b entering a layer <= stop whose prefix weights equal those of `plans`.
+        Valid in both BN modes: a prefix state is computed from this batch alone, with no running statistics touched
+        and no randomness, by layers that read none of the weights that differ. A state whose tensors were changed in place since it was
         stored (their version counters moved) is dropped rather than trusted."""
-        for i in sorted(self._prefix, reverse=True):
+        for i in sorted((i for i in self._prefix if i <= stop), reverse=True):
             state = self._get(self._key(b, i, plans))
             if state is not None:
                 return i, state
@@ -257,8 +322,8 @@ class MaskedEvaluator:
 
 class _CachedFan:
     """The op outputs of one cell, through the evaluator's cache (see the module docstring): a `spaces.mixed.Fan`
-    that looks each (node, edge, op, weight) up and computes only the missing ops, in one `fan_out` call, so that
-    every edge's terms come out as `fan_out` would give them, in the same order."""
+    that looks each (node, edge, op, weight) up and computes only the missing ops, in one call of the supernet's own
+    fan, so that every edge's terms come out as that fan would give them, in the same order."""
 
     def __init__(self, evaluator: MaskedEvaluator, input_key: tuple, edges: Sequence[tuple[int, int]], plan: Plan):
         self.ev, self.input_key, self.edges, self.plan = evaluator, input_key, edges, plan
@@ -278,12 +343,13 @@ class _CachedFan:
             missing.append(need)
         self.ev.ops_reused += len(found)
         if any(missing):
-            computed = fan_out(x, relu_x, [(edge, need) for (_, edge, _), need in zip(outgoing, missing)])
+            computed = self.ev.supernet.fan(src, x, relu_x, [(e, edge, need) for (e, edge, _), need in
+                                                             zip(outgoing, missing)])
             for (e, edge, _), need, terms in zip(outgoing, missing, computed):
-                for (k, w), term in zip(term_order(edge, need), terms):
+                for (k, w), term in zip(self.ev.supernet.term_order(edge, need), terms):
                     found[e, k] = term
                     self.ev._store(("op", node, e, k, float(w)), term)
-        return [[found[e, k] for k, _ in term_order(edge, plan)] for e, edge, plan in outgoing]
+        return [[found[e, k] for k, _ in self.ev.supernet.term_order(edge, plan)] for e, edge, plan in outgoing]
 
 
 class NaiveEvaluator(MaskedEvaluator):
@@ -291,12 +357,15 @@ class NaiveEvaluator(MaskedEvaluator):
     as the official implementations do), no memo, no cache. Same outcomes as MaskedEvaluator, bit for bit."""
 
     def __init__(self, supernet: Supernet, batches: Sequence[Batch], *, bn: str = "train", cost: Cost | None = None,
-                 cache_mb: float = 0.0):
-        super().__init__(supernet, batches, bn=bn, cost=cost, cache_mb=0.0)
+                 cache_mb: float = 0.0, stack: int = 1):
+        super().__init__(supernet, batches, bn=bn, cost=cost, cache_mb=0.0, stack=1)
 
-    def __call__(self, weights: dict[str, torch.Tensor]) -> Outcome:
-        self._memo.clear()
-        return super().__call__(weights)
+    def many(self, settings: Sequence[dict[str, torch.Tensor]]) -> list[Outcome]:
+        out = []
+        for weights in settings:
+            self._memo.clear()
+            out.extend(super().many([weights]))
+        return out
 
     def plans(self, weights: dict[str, torch.Tensor]) -> dict[str, Plan]:
         names = self.supernet.op_names
@@ -311,7 +380,7 @@ EVALUATORS = {"efficient": MaskedEvaluator, "naive": NaiveEvaluator}
 
 
 def make_evaluator(kind: str, supernet: Supernet, batches: Sequence[Batch], *, bn: str, cost: Cost,
-                   cache_mb: float) -> MaskedEvaluator:
+                   cache_mb: float, stack: int = 1) -> MaskedEvaluator:
     if kind not in EVALUATORS:
         raise UserError(f"evaluator: choose one of {', '.join(EVALUATORS)}, got {kind!r}")
-    return EVALUATORS[kind](supernet, batches, bn=bn, cost=cost, cache_mb=cache_mb)
+    return EVALUATORS[kind](supernet, batches, bn=bn, cost=cost, cache_mb=cache_mb, stack=stack)

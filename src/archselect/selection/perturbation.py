@@ -54,6 +54,7 @@ class PerturbationOptions:
     topology: bool = True             # spaces with `inputs_per_node` (DARTS): prune node inputs after the ops (paper)
     cache_mb: float = 1024.0          # memory for cached layer states (see evaluator.py)
     evaluator: str = "efficient"      # efficient | naive (recompute everything; for checks and benchmarks)
+    stack: int = 1                    # weight settings per pass, stacked along the batch (for GPUs; see stacking.py)
 
     def check(self, prefix: str) -> None:
         rules = [
@@ -66,6 +67,7 @@ class PerturbationOptions:
             (self.valid_batches is None or self.valid_batches >= 1, "valid_batches", "at least 1 (or null: all)"),
             (self.lr > 0 and (self.lr_min is None or self.lr_min >= 0), "lr", "> 0 (and lr_min >= 0)"),
             (self.cache_mb >= 0, "cache_mb", ">= 0"),
+            (self.stack >= 1, "stack", "at least 1"),
         ]
         check_rules(self, prefix, rules)
         check_bn_mode(self.bn, f"{prefix}.bn")

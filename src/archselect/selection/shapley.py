@@ -44,12 +44,13 @@ class ShapleyOptions:
     bn: str = "train"             # BN during scoring: train (batch statistics, running stats untouched) | eval
     cache_mb: float = 1024.0      # memory for cached layer states (see evaluator.py)
     evaluator: str = "efficient"  # efficient | naive (recompute everything; for checks and benchmarks)
+    stack: int = 1                # coalitions per pass, stacked along the batch (for GPUs; see stacking.py)
 
     def check(self, prefix: str) -> None:
         rules = [(self.permutations >= 1, "permutations", "at least 1"),
                  (self.batch_size >= 1, "batch_size", "at least 1"),
                  (self.batches >= 1, "batches", "at least 1"), (self.cache_mb >= 0, "cache_mb", ">= 0"),
-                 (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
+                 (self.stack >= 1, "stack", "at least 1"), (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
                  (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}")]
         check_rules(self, prefix, rules)
         check_bn_mode(self.bn, f"{prefix}.bn")
@@ -72,20 +73,27 @@ class Permutation:
     removed: int                # players removed before truncation
 
 
-def removal_contributions(value: Callable[[list[bool]], float], n: int, order: Sequence[int],
-                          threshold: float) -> Permutation:
-    """One permutation in removal order: v(present) is the value with exactly the players flagged present."""
-    present = [True] * n
-    contributions = [0.0] * n
-    full = before = value(present)
-    removed = 0
+def removal_contributions(values: Callable[[list[list[bool]]], list[float]], n: int, order: Sequence[int],
+                          threshold: float, ahead: int = 1) -> Permutation:
+    """One permutation in removal order: values(coalitions) are the values with exactly the players flagged present.
+    `ahead` coalitions of the sequence are asked for at once (stacked in one pass): those past a truncation are
+    computed but not used, so the contributions are those of asking one at a time."""
+    sequence = [[True] * n]
     for p in order:
-        present[p] = False
-        after = value(present)
-        contributions[p] = before - after
-        before, removed = after, removed + 1
-        if after < threshold * full:
-            break
+        sequence.append(sequence[-1].copy())
+        sequence[-1][p] = False
+    contributions = [0.0] * n
+    full, removed, start = None, 0, 0
+    while start < len(sequence):
+        for i, value in enumerate(values(sequence[start:start + ahead]), start):
+            if i == 0:
+                full = before = value
+                continue
+            contributions[order[i - 1]] = before - value
+            before, removed = value, removed + 1
+            if value < threshold * full:
+                return Permutation(contributions, full, removed)
+        start += ahead
     return Permutation(contributions, full, removed)
 
 
@@ -152,10 +160,13 @@ def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, li
     for j, batches in items:
         cost = Cost()
         ev = make_evaluator(opts.evaluator, supernet, game["batches"] if batches is None else batches, bn=opts.bn,
-                            cost=cost, cache_mb=opts.cache_mb)
-        value = lambda present: ev(without(base, players, present)).accuracy  # noqa: E731
+                            cost=cost, cache_mb=opts.cache_mb, stack=opts.stack)
+
+        def values(coalitions: list[list[bool]]) -> list[float]:
+            return [o.accuracy for o in ev.many([without(base, players, present) for present in coalitions])]
+
         order = permutation(len(players), game["seed"], j)
-        out.append((removal_contributions(value, len(players), order, opts.threshold), cost))
+        out.append((removal_contributions(values, len(players), order, opts.threshold, ev.stack), cost))
     return out
 
 

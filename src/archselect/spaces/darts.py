@@ -29,8 +29,8 @@ from ..arch import Architecture, Cell, Edge
 from ..errors import UserError
 from ..genotype import CELL_TYPES, CONCAT, EDGES, INPUTS, NODES, SPACE, SPACE_OPS, STEPS, validate_darts
 from ..supernet import Plan, Supernet, Weight, weighted_sum
-from .mixed import MixedEdge
-from .ops import DilConv, FactorizedReduce, ReLUConvBN, SepConv, scaled_bn
+from .mixed import Fan, MixedEdge
+from .ops import DilConv, FactorizedReduce, ReLUConvBN, SepConv, bn, scaled_bn
 
 INCOMING = {dst: tuple(e for e, (_, d) in enumerate(EDGES) if d == dst) for dst in NODES}
 SHARED_POOLS = frozenset({"max_pool_3x3", "avg_pool_3x3"})
@@ -105,6 +105,11 @@ def node_terms(x: torch.Tensor, relu_x, outgoing) -> list[list[tuple[Weight, tor
     return out
 
 
+def darts_fan(src: int, x: torch.Tensor, relu_x, outgoing) -> list[list[tuple[Weight, torch.Tensor]]]:
+    """The DARTS cells' `spaces.mixed.Fan`: `node_terms`, whose terms follow each edge's plan order."""
+    return node_terms(x, relu_x, [(edge, plan) for _, edge, plan in outgoing])
+
+
 def _lazy_relu(x: torch.Tensor):
     """A function returning ReLU(x), computed on its first call only (shared by the ops reading one node)."""
     cache: list[torch.Tensor] = []
@@ -131,7 +136,9 @@ class DARTSCell(nn.Module):
                          else MixedEdge(C, C, stride, ops, affine, track, pool_bn))
         self.edges = nn.ModuleList(edges)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, plan: Plan, drop_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, plan: Plan, drop_prob: float = 0.0,
+                fan: Fan | None = None) -> torch.Tensor:
+        fan = fan or darts_fan
         nodes = [self.pre0(s0), self.pre1(s1)]
         inbox: dict[int, list] = {dst: [] for dst in NODES}  # the (weight, output) terms into each node
         for src in range(NODES[-1]):
@@ -139,19 +146,20 @@ class DARTSCell(nn.Module):
                 nodes.append(self._sum(inbox.pop(src), nodes[1]))
             x = nodes[src]
             outgoing = OUTGOING[src]
-            for (e, dst), terms in zip(outgoing, self._fan_out(x, [(self.edges[e], plan[e]) for e, _ in outgoing])):
+            edges = [(e, self.edges[e], plan[e]) for e, _ in outgoing]
+            for (e, dst), terms in zip(outgoing, self._fan_out(src, x, edges, fan)):
                 if drop_prob > 0.0 and self.training:  # DARTS drops every op output but the identity's
                     terms = [(w, y if y is x else drop_path(y, drop_prob)) for w, y in terms]
                 inbox[dst].extend(terms)
         nodes.append(self._sum(inbox.pop(NODES[-1]), nodes[1]))
         return torch.cat(nodes[INPUTS:], dim=1)
 
-    def _fan_out(self, x: torch.Tensor, outgoing):
+    def _fan_out(self, src: int, x: torch.Tensor, outgoing, fan: Fan):
         if self.partial == 1:
-            return node_terms(x, _lazy_relu(x), outgoing)
+            return fan(src, x, _lazy_relu(x), outgoing)
         part = x[:, :x.shape[1] // self.partial].contiguous(memory_format=_memory_format(x))
-        op_terms = node_terms(part, _lazy_relu(part), outgoing)
-        return [[(1.0, edge.join(weighted_sum(t), x))] for (edge, _), t in zip(outgoing, op_terms)]
+        op_terms = fan(src, part, _lazy_relu(part), outgoing)
+        return [[(1.0, edge.join(weighted_sum(t), x))] for (_, edge, _), t in zip(outgoing, op_terms)]
 
     def _sum(self, terms, s: torch.Tensor) -> torch.Tensor:
         """A node: the sum of its terms, or zero (every op masked or `none`) at the cell's output resolution."""
@@ -189,7 +197,7 @@ class DARTSBody(nn.Module):
                  partial: int = 1, auxiliary: bool = False):
         super().__init__()
         c = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), bn(c, True, True))
         C_pp, C_p, c = c, c, C
         self.aux_layer = 2 * layers // 3
         cells, reduction_prev, C_aux = [], False, None
@@ -206,16 +214,18 @@ class DARTSBody(nn.Module):
         self.auxiliary = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.classifier = nn.Linear(C_p, num_classes)
 
-    def run_layer(self, i: int, state, plans: dict[str, Plan], drop_prob: float = 0.0):
+    def run_layer(self, i: int, state, plans: dict[str, Plan], drop_prob: float = 0.0, fan: Fan | None = None):
         s0, s1 = state
         cell = self.cells[i]
-        return s1, cell(s0, s1, plans[cell.cell_type], drop_prob)
+        return s1, cell(s0, s1, plans[cell.cell_type], drop_prob, fan)
 
     def head(self, state) -> torch.Tensor:
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(state[1], 1), 1))
 
 
 class DARTSSupernet(Supernet):
+    fan = staticmethod(darts_fan)
+
     def __init__(self, op_names: Sequence[str], C=16, layers=8, stem_multiplier=3, in_channels=3, num_classes=10,
                  bn_affine=False, bn_track=True, alpha_init_std=1e-3, partial_channels=1, edge_norm=False,
                  pool_bn=True, recompute=True):
@@ -266,8 +276,8 @@ class DARTSSupernet(Supernet):
     def layer_cell_type(self, i: int) -> str:
         return self.body.cells[i].cell_type
 
-    def run_layer(self, i: int, state, plans: dict[str, Plan]):
-        return self.body.run_layer(i, state, plans)
+    def run_layer(self, i: int, state, plans: dict[str, Plan], fan: Fan | None = None):
+        return self.body.run_layer(i, state, plans, fan=fan)
 
     def head(self, state) -> torch.Tensor:
         return self.body.head(state)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..supernet import Weight, weighted_sum
-from .ops import OPS, PRE_ACTIVATED, ReLUConvBN
+from .ops import OPS, PRE_ACTIVATED, ReLUConvBN, batch_norm, bn
 
 # Ops whose output is a function of the input alone (given the edge's geometry): shared by the edges reading a node
 # when their module holds no parameters or buffers (a pooling op with a BN after it is not shared).
@@ -50,7 +50,7 @@ class MixedEdge(nn.Module):
 def _make_op(name: str, C_in: int, C_out: int, stride: int, affine: bool, track: bool, pool_bn: bool) -> nn.Module:
     op = OPS.get(name)(C_in, C_out, stride, affine, track)
     if pool_bn and "pool" in name:
-        op = nn.Sequential(op, nn.BatchNorm2d(C_out, affine=False, track_running_stats=track))
+        op = nn.Sequential(op, bn(C_out, False, track))
     return op
 
 
@@ -176,7 +176,7 @@ def group_batch_norm(y: torch.Tensor, bns: Sequence[nn.BatchNorm2d], weights: Se
     tracked = b0.track_running_stats and b0.running_mean is not None
     mean, var = _running_stats(bns) if tracked else (None, None)
     weight, bias = _affine(bns, weights, mean if tracked else y)
-    out = F.batch_norm(y, mean, var, weight, bias, b0.training or mean is None, factor, b0.eps)
+    out = batch_norm(y, mean, var, weight, bias, b0.training or mean is None, factor, b0.eps)
     if update and len(bns) > 1:  # the concatenated statistics were updated: hand each BN its own
         with torch.no_grad():
             for b, m, v in zip(bns, mean.split(b0.num_features), var.split(b0.num_features)):

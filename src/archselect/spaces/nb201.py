@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ..arch import NB201_NODES, NB201_OPS, Architecture, Cell, Edge
 from ..supernet import Plan, Supernet, weighted_sum
-from .mixed import Fan, MixedEdge, plain_fan
-from .ops import ReLUConvBN
+from .mixed import Fan, MixedEdge, plain_fan, term_order
+from .ops import ReLUConvBN, bn
 
 EDGES = tuple((src, dst) for dst in range(1, NB201_NODES) for src in range(dst))  # 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2
 
@@ -74,7 +74,7 @@ class NB201Body(nn.Module):
 
     def __init__(self, C, N, in_channels, num_classes, edge_ops, affine, track):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), bn(C, True, True))
         layers, c_prev = [], C
         for stage in range(3):
             c = C * 2**stage
@@ -83,7 +83,7 @@ class NB201Body(nn.Module):
             layers.extend(NB201Cell(c, edge_ops, affine, track) for _ in range(N))
             c_prev = c
         self.layers = nn.ModuleList(layers)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))
+        self.lastact = nn.Sequential(bn(c_prev, True, True), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(c_prev, num_classes)
 
     def run(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -102,7 +102,9 @@ class NB201Body(nn.Module):
 
 
 class NB201Supernet(Supernet):
-    accepts_fan = True
+    fan = staticmethod(plain_fan)
+    term_order = staticmethod(term_order)
+    reusable_ops = True
 
     def __init__(self, C=16, N=5, in_channels=3, num_classes=10, op_names=NB201_OPS, bn_affine=False, bn_track=True,
                  alpha_init_std=1e-3):

@@ -5,6 +5,10 @@ a supernet never computes it: its output is zero by definition.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,8 +19,52 @@ from ..supernet import Weight
 OPS: Registry = Registry("operation")
 
 
+# -- batch norm, per weight setting when several are stacked along the batch -------------------------------------
+
+# The selection evaluator may stack S weight settings of one supernet along the batch (selection/stacking.py): each
+# must then be normalised by its own batch statistics, over its own S-th of the batch, as if it ran alone.
+STACKED: ContextVar[int] = ContextVar("stacked_settings", default=1)
+
+
+@contextmanager
+def stacked(settings: int) -> Iterator[None]:
+    """Batch norms in training mode normalise each of `settings` equal slices of the batch on its own."""
+    token = STACKED.set(settings)
+    try:
+        yield
+    finally:
+        STACKED.reset(token)
+
+
+def per_setting(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, settings: int) -> torch.Tensor:
+    """f applied to each of `settings` slices of x's batch, concatenated (a channels-last x stays channels-last)."""
+    return torch.cat([f(part) for part in x.chunk(settings)])
+
+
+def batch_norm(x: torch.Tensor, mean, var, weight, bias, training: bool, momentum: float, eps: float) -> torch.Tensor:
+    """F.batch_norm, with batch statistics per stacked setting (see `stacked`)."""
+    n = STACKED.get()
+    if n == 1 or not training:
+        return F.batch_norm(x, mean, var, weight, bias, training, momentum, eps)
+    if mean is not None:
+        raise RuntimeError("stacked weight settings cannot update BatchNorm running statistics")
+    return per_setting(lambda part: F.batch_norm(part, None, None, weight, bias, True, momentum, eps), x, n)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d, with batch statistics per stacked setting (see `stacked`); same parameters and buffers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = STACKED.get()
+        if n == 1 or not self.training:
+            return super().forward(x)
+        if self.track_running_stats:
+            raise RuntimeError("stacked weight settings cannot update BatchNorm running statistics")
+        return per_setting(super().forward, x, n)
+
+
 def bn(C: int, affine: bool, track: bool) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(C, affine=affine, track_running_stats=track)
+    return BatchNorm2d(C, affine=affine, track_running_stats=track)
 
 
 class Zero(nn.Module):
@@ -102,8 +150,8 @@ def scaled_bn(norm: nn.BatchNorm2d, x: torch.Tensor, scale: Weight = 1.0) -> tor
         if norm.momentum is None:  # cumulative moving average
             momentum = 1.0 / float(norm.num_batches_tracked)
     use_running = not norm.training or norm.track_running_stats
-    return F.batch_norm(x, norm.running_mean if use_running else None, norm.running_var if use_running else None,
-                        weight, bias, norm.training or norm.running_mean is None, momentum, norm.eps)
+    return batch_norm(x, norm.running_mean if use_running else None, norm.running_var if use_running else None,
+                      weight, bias, norm.training or norm.running_mean is None, momentum, norm.eps)
 
 
 def depthwise_pointwise(dw: nn.Conv2d, pw: nn.Conv2d, x: torch.Tensor, recompute: bool) -> torch.Tensor:
