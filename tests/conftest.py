@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny in-memory dataset registered as 'tiny', so CLI tests run in seconds without files."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -2,8 +2,6 @@
 input ends in success or one error line with exit code 2."""
 import json
 
-import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

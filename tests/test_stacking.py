@@ -65,8 +65,20 @@ def test_stacked_settings_equal_each_alone_nb201(bn, channels_last, cache_mb):
 
 
 @pytest.mark.parametrize("bn", ["train", "eval"])
-def test_stacked_settings_equal_each_alone_darts(bn):
-    ctx = tiny_context(DARTSSpace(C=4, N=3, in_channels=1, num_classes=4))
+@pytest.mark.parametrize("space", [NB201Space(C=4, N=1, in_channels=1, num_classes=4, bn_track=False),
+                                   DARTSSpace(C=4, N=3, in_channels=1, num_classes=4, bn_track=False)])
+def test_stacked_settings_equal_each_alone_without_running_statistics(bn, space):
+    """BN layers that track no running statistics normalise by batch statistics in eval mode too: per setting
+    (fused convolution groups on NAS-Bench-201, BatchNorm2d modules inside DARTS' separable convolutions)."""
+    ctx = tiny_context(space)
+    random_alphas(ctx.supernet)
+    check_stacked_equals_alone(ctx.supernet, take_batches(ctx.valid, 1), bn, stack=3)
+
+
+@pytest.mark.parametrize("bn", ["train", "eval"])
+@pytest.mark.parametrize("partial", [1, 2])
+def test_stacked_settings_equal_each_alone_darts(bn, partial):
+    ctx = tiny_context(DARTSSpace(C=4, N=3, in_channels=1, num_classes=4, partial_channels=partial, edge_norm=True))
     random_alphas(ctx.supernet)
     batches = take_batches(ctx.valid, 1)
     ev = check_stacked_equals_alone(ctx.supernet, batches, bn, stack=3)

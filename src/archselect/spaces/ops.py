@@ -56,9 +56,9 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = STACKED.get()
-        if n == 1 or not self.training:
+        if n == 1 or not (self.training or self.running_mean is None):  # running statistics: per image already
             return super().forward(x)
-        if self.track_running_stats:
+        if self.training and self.track_running_stats:
             raise RuntimeError("stacked weight settings cannot update BatchNorm running statistics")
         return per_setting(super().forward, x, n)
 
