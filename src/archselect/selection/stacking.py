@@ -5,7 +5,8 @@ which every op has one weight wherever it is present runs as one supernet whose 
 settings' ops: each op's output is computed once for the whole stacked batch and zeroed in the slices of the settings
 that lack it, and batch norms in training mode take their statistics per slice (`spaces.ops.stacked`). Adding an
 exact zero leaves a sum unchanged, so each slice is what that setting alone computes, bit for bit where the kernels
-give every image the same arithmetic whatever the batch size (the CPU kernels do: tests/test_stacking.py).
+give every image the same arithmetic whatever the batch size (the CPU kernels do: tests/test_stacking.py; cuDNN may
+pick another algorithm for a larger batch, so on CUDA the last bits can differ).
 
 This pays where one batch leaves the device idle (a GPU at NAS-Bench-201 sizes); on CPU a forward of 256 images is
 already compute-bound and larger batches run slower per image (benchmarks/selection_cost.py --probe-batching), so
