@@ -83,6 +83,8 @@ CASES = {
     "perturbation": (Perturbation, PERTURBATION, None),
     "perturbation-naive": (Perturbation, {**PERTURBATION, "evaluator": "naive", "crit": "loss"}, None),
     "perturbation-topology": (Perturbation, {"tune_steps": 1, "valid_batches": 1}, TwoTypeSpace()),
+    "perturbation-stacked": (Perturbation, {**PERTURBATION, "stack": 3}, None),  # a worker stacks its share
+    "shapley-stacked": (ShapleySelector, {**SHAPLEY, "stack": 4}, None),
 }
 
 

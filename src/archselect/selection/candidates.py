@@ -29,6 +29,8 @@ def plan_key(supernet: Supernet, weights: Weights) -> tuple:
 def evaluate_groups(supernet: Supernet, setup: dict[str, Any], groups: list[list[Weights]]
                     ) -> list[tuple[list[Outcome], Cost]]:
     """Each group of settings (equal plans within a group) on one evaluator; per group its outcomes and passes."""
+    if not groups:
+        return []
     cost = Cost()
     ev = make_evaluator(setup["evaluator"], supernet, setup["batches"], bn=setup["bn"], cost=cost,
                         cache_mb=setup["cache_mb"], stack=setup["stack"])
