@@ -42,6 +42,7 @@ def random_set(n: int, size: int = 32, classes: int = 10, seed: int = 0) -> Imag
 
 
 def context(N: int, batch: int, batches: int) -> SelectionContext:
+    torch.manual_seed(0)  # the supernet's initial weights: the same workload (and Shapley truncations) every run
     space = NB201Space(C=16, N=N)
     net = space.supernet().to(memory_format=torch.channels_last)  # the search default (search.channels_last)
     common = dict(seed=0, augment=False, channels_last=True)
