@@ -5,6 +5,7 @@ a supernet never computes it: its output is zero by definition.
 """
 from __future__ import annotations
 
+import abc
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator
@@ -91,8 +92,8 @@ class ReLUConvBN(nn.Module):
         return self.bn(self.conv(x if pre_activated else F.relu(x)))
 
 
-class AvgPool(nn.Module):
-    """3x3 average pool (padding not counted), with a 1x1 ReLUConvBN first when the channel count changes."""
+class _Pool(nn.Module, metaclass=abc.ABCMeta):
+    """A 3x3 pool (padding 1), with a 1x1 ReLUConvBN first when the channel count changes (never in DARTS)."""
 
     def __init__(self, C_in, C_out, stride, affine, track):
         super().__init__()
@@ -100,8 +101,17 @@ class AvgPool(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre is not None:
-            x = self.pre(x)
+        return self.pool(x if self.pre is None else self.pre(x))
+
+    @abc.abstractmethod
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooling itself."""
+
+
+class AvgPool(_Pool):
+    """3x3 average pool (padding not counted)."""
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
 
 
@@ -242,17 +252,10 @@ class _MaxPool3x3(torch.autograd.Function):
                                                                indices), None
 
 
-class MaxPool(nn.Module):
-    """3x3 max pool (padding 1), with a 1x1 ReLUConvBN first when the channel count changes (never in DARTS)."""
+class MaxPool(_Pool):
+    """3x3 max pool; in training it keeps no argmax indices (see _MaxPool3x3)."""
 
-    def __init__(self, C_in, C_out, stride, affine, track):
-        super().__init__()
-        self.pre = None if C_in == C_out else ReLUConvBN(C_in, C_out, 1, 1, 0, affine=affine, track=track)
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre is not None:
-            x = self.pre(x)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         return _MaxPool3x3.apply(x, self.stride) if x.requires_grad else F.max_pool2d(x, 3, self.stride, 1)
 
 
