@@ -1,8 +1,8 @@
 """Influence's Hessian diagonal, exact against Hutchinson's estimate, on a small DARTS supernet (196 coordinates).
 
 For each method: seconds, Hessian-vector products per batch, the relative error of the Hessian diagonal
-(‖ĥ − h‖ / ‖h‖), the correlation of the op scores with the exact ones, and on how many edges the best non-`none` op is
-the same. Hutchinson's cost is `probes` products whatever the coordinate count; its error falls as 1/√probes.
+(‖ĥ − h‖ / ‖h‖), the correlation of the op scores with the exact ones, and on how many edges the best non-`none` op
+is the same. Hutchinson's cost is `probes` products whatever the coordinate count; its error falls as 1/√probes.
 
     .venv/bin/python benchmarks/influence_hessian.py                     # probes 32 and 128
     .venv/bin/python benchmarks/influence_hessian.py --probes 8 32 --C 8 --images 16

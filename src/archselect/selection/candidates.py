@@ -14,7 +14,7 @@ import torch
 
 from ..supernet import Supernet
 from .base import Cost
-from .evaluator import Outcome, make_evaluator
+from .evaluator import Outcome, make_evaluator, plans_key
 from .workers import Workers
 
 Weights = dict[str, torch.Tensor]
@@ -22,8 +22,7 @@ Weights = dict[str, torch.Tensor]
 
 def plan_key(supernet: Supernet, weights: Weights) -> tuple:
     """Hashable form of the plans `weights` give on `supernet` (equal keys: equal outcomes)."""
-    plans = supernet.plans(weights)
-    return tuple(tuple(tuple(edge) for edge in plans[ct]) for ct in supernet.cell_types)
+    return plans_key(supernet.plans(weights), supernet.cell_types)
 
 
 def evaluate_groups(supernet: Supernet, setup: dict[str, Any], groups: list[list[Weights]]

@@ -109,6 +109,11 @@ def _plan_key(plan: Plan) -> tuple:
     return tuple(tuple((k, float(w)) for k, w in edge) for edge in plan)
 
 
+def plans_key(plans: dict[str, Plan], cell_types: Sequence[str]) -> tuple:
+    """Hashable form of the plans of `cell_types` (equal keys: equal outcomes of the layers that read them)."""
+    return tuple(_plan_key(plans[ct]) for ct in cell_types)
+
+
 class MaskedEvaluator:
     """Outcome of `supernet` under given mixing weights on `batches`, with BN in `bn` mode; counts passes in `cost`.
 
@@ -166,7 +171,7 @@ class MaskedEvaluator:
         return [self._memo[key] for key in keys]
 
     def _memo_key(self, plans: dict[str, Plan]) -> tuple:
-        return tuple(_plan_key(plans[ct]) for ct in self.supernet.cell_types)
+        return plans_key(plans, self.supernet.cell_types)
 
     def _evaluate(self, group: list[tuple[tuple, dict[str, Plan]]]) -> None:
         """Outcomes of the settings of `group` ((memo key, plans) pairs), into the memo: one pass per batch. A stack
@@ -255,20 +260,22 @@ class MaskedEvaluator:
         with stacked(n):
             for i in range(split, net.num_layers):
                 ct = net.layer_cell_type(i)
-                fan = (None if ct is None else
-                       StackedFan(net.fan, net.term_order, absent[ct], x.shape[0]))
-                state = net.run_layer(i, state, plans) if fan is None else net.run_layer(i, state, plans, fan=fan)
+                if ct is None:  # a fixed layer (a reduction block): no ops to zero
+                    state = net.run_layer(i, state, plans)
+                else:
+                    state = net.run_layer(i, state, plans, fan=StackedFan(net.fan, net.term_order, absent[ct],
+                                                                          x.shape[0]))
                 self.layers_run += n
             return net.head(state)
 
     def _key(self, b: int, i: int, plans: dict[str, Plan]) -> tuple:
-        return (b, i, tuple(_plan_key(plans[ct]) for ct in self._prefix[i]))
+        return (b, i, plans_key(plans, self._prefix[i]))
 
     def _lookup(self, b: int, plans: dict[str, Plan], stop: int) -> tuple[int, Any]:
         """The deepest cached state of batch b entering a layer <= stop whose prefix weights equal those of `plans`.
         Valid in both BN modes: a prefix state is computed from this batch alone, with no running statistics touched
-        and no randomness, by layers that read none of the weights that differ. A state whose tensors were changed in place since it was
-        stored (their version counters moved) is dropped rather than trusted."""
+        and no randomness, by layers that read none of the weights that differ. A state whose tensors were changed
+        in place since it was stored (their version counters moved) is dropped rather than trusted."""
         for i in sorted((i for i in self._prefix if i <= stop), reverse=True):
             state = self._get(self._key(b, i, plans))
             if state is not None:

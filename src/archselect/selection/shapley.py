@@ -50,7 +50,8 @@ class ShapleyOptions:
         rules = [(self.permutations >= 1, "permutations", "at least 1"),
                  (self.batch_size >= 1, "batch_size", "at least 1"),
                  (self.batches >= 1, "batches", "at least 1"), (self.cache_mb >= 0, "cache_mb", ">= 0"),
-                 (self.stack >= 1, "stack", "at least 1"), (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
+                 (self.stack >= 1, "stack", "at least 1"),
+                 (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
                  (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}")]
         check_rules(self, prefix, rules)
         check_bn_mode(self.bn, f"{prefix}.bn")

@@ -56,12 +56,12 @@ class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d, with batch statistics per stacked setting (see `stacked`); same parameters and buffers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = STACKED.get()
-        if n == 1 or not (self.training or self.running_mean is None):  # running statistics: per image already
+        if STACKED.get() == 1 or not (self.training or self.running_mean is None):  # running statistics: per image
             return super().forward(x)
-        if self.training and self.track_running_stats:
-            raise RuntimeError("stacked weight settings cannot update BatchNorm running statistics")
-        return per_setting(super().forward, x, n)
+        # batch statistics, per setting; `batch_norm` refuses the running statistics a tracking BN would update
+        track = self.track_running_stats
+        return batch_norm(x, self.running_mean if track else None, self.running_var if track else None, self.weight,
+                          self.bias, True, 0.0, self.eps)
 
 
 def bn(C: int, affine: bool, track: bool) -> nn.BatchNorm2d:
