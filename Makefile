@@ -30,6 +30,7 @@ demo: setup data
 		$$( [ -f $(NB201_TABLE) ] && echo benchmark=$(NB201_TABLE) )
 
 test: setup data
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-slow: setup data

@@ -35,7 +35,7 @@ def child(args) -> None:
     import torch
 
     from archselect.config import SearchConfig
-    from archselect.search.darts import DartsFirstOrder
+    from archselect.optimizers.darts import DartsFirstOrder
     from archselect.spaces.darts import DARTSSpace
 
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ def build(args, device):
     from archselect.components import SearchData, to_device
     from archselect.config import SearchConfig
     from archselect.data import ImageSet, Loader
-    from archselect.search.darts import DartsFirstOrder
+    from archselect.optimizers.darts import DartsFirstOrder
     from archselect.spaces.nb201 import NB201Space
 
     g = torch.Generator().manual_seed(0)

@@ -2,9 +2,9 @@
 
 "Naive" is what the official DARTS-PT and Shapley-NAS code does: a full forward of the whole supernet for every weight
 setting, every op of every edge computed (a zero weight multiplies its output). "Efficient" is
-selection/evaluator.py: memo of known outcomes (removing `none` or an op already at 0), prefix cache, op cache in the
+scoring/evaluator.py: memo of known outcomes (removing `none` or an op already at 0), prefix cache, op cache in the
 first cell (only the ops reading the changed edge's destination or later nodes are recomputed), zero-weight ops not
-computed; with --stack S, also S settings per pass (selection/stacking.py). Both give the same scores (the table
+computed; with --stack S, also S settings per pass (scoring/stacking.py). Both give the same scores (the table
 checks; tests/test_evaluator.py checks the logits bit for bit), so the ratio is pure overhead removed. NAS-Bench-201 shares one α across all its cells, so a perturbation changes every cell
 from the first on: the reuse is confined to the first cell, which is 60% of a forward at N=1 but 1/15 of the cells
 (about 13% of the time) at N=5.

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from archselect.config import SearchConfig
 from archselect.environment import keep_freed_memory
-from archselect.search.darts import DartsFirstOrder
+from archselect.optimizers.darts import DartsFirstOrder
 from archselect.spaces.nb201 import EDGES, NB201Cell, NB201Space
 
 FULL_GRID = [(16, 5, 32, 64), (16, 1, 32, 64), (8, 1, 32, 64), (16, 1, 16, 64), (16, 2, 32, 32)]  # C, N, size, B

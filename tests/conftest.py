@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny in-memory dataset registered as 'tiny', so CLI tests run in seconds without files."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,18 @@ NB201_CSV = REPO.parent / "shared" / "data" / "nb201" / "nb201.csv"
 settings.register_profile("archselect", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("archselect")
 
+
+
+@pytest.fixture(autouse=True)
+def _archselect_log_to_caplog(caplog):
+    """archselect's logger stops at its own console handler (the CLI sets it up): let caplog see its records too."""
+    logger = logging.getLogger("archselect")
+    added = not logger.propagate  # records that propagate reach caplog's own handler already
+    if added:
+        logger.addHandler(caplog.handler)
+    yield
+    if added:
+        logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,10 @@ import torch.nn.functional as F
 import yaml
 
 from archselect.arch import parse_nb201
-from archselect.bench import aggregate, diagnostics, matrix
+from archselect.bench import aggregate, matrix
+from archselect.evaluate import diagnostics
+from archselect.pipeline import bench_runner
+from archselect.pipeline import stages
 from archselect.bench.config import load_bench_config
 from archselect.cli import main
 from archselect.errors import UserError
@@ -51,7 +54,7 @@ def bench_yaml(root: Path, data_dir: Path) -> Path:
 
 def run_mini(config: Path, out: Path) -> list:
     cfg = load_bench_config(config)
-    failed = matrix.run_bench(cfg, out, log=lambda *_: None)
+    failed = bench_runner.run_groups(cfg, out)
     aggregate.write_tables(cfg, out)
     return failed
 
@@ -102,7 +105,7 @@ def test_mini_bench_writes_tables(reference):
 def test_second_run_recomputes_nothing(reference, monkeypatch):
     config, out = reference
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file() and p.suffix != ".lock"}
-    monkeypatch.setattr(matrix, "run_group", lambda job: pytest.fail(f"group {job['id']} was run again"))
+    monkeypatch.setattr(bench_runner, "run_group", lambda job: pytest.fail(f"group {job['id']} was run again"))
     assert run_mini(config, out) == []
     changed = [p for p, t in stamps.items() if p.stat().st_mtime_ns != t]
     assert changed == []
@@ -113,10 +116,10 @@ def test_interrupted_bench_resumes_to_the_same_table(reference, tmp_path, monkey
     search nor the finished selection, resumes the search from its checkpoint, and ends with the reference table."""
     config, ref_out = reference
     out = tmp_path / "bench"
-    from archselect.search.base import SearchOptimizer
+    from archselect.optimizers.base import SearchOptimizer
 
     calls = {"group": "", "steps": 0}
-    step, search = SearchOptimizer.step, matrix._search
+    step, search = SearchOptimizer.step, stages.train_supernet
 
     def dying_step(self, *args, **kwargs):
         if calls["group"].endswith("-s1"):
@@ -125,12 +128,12 @@ def test_interrupted_bench_resumes_to_the_same_table(reference, tmp_path, monkey
                 raise RuntimeError("killed mid-epoch")
         return step(self, *args, **kwargs)
 
-    def tracked_search(cfg, run, device, log):
-        calls["group"] = run.path.name
-        return search(cfg, run, device, log)
+    def tracked_search(search_run, resume=True):
+        calls["group"] = search_run.run.path.name
+        return search(search_run, resume)
 
     monkeypatch.setattr(SearchOptimizer, "step", dying_step)
-    monkeypatch.setattr(matrix, "_search", tracked_search)
+    monkeypatch.setattr(stages, "train_supernet", tracked_search)
     if SECOND:
         cls = SELECTORS.get(SECOND)
         monkeypatch.setattr(cls, "run", lambda self, ctx: (_ for _ in ()).throw(RuntimeError("selector died")))
@@ -141,15 +144,15 @@ def test_interrupted_bench_resumes_to_the_same_table(reference, tmp_path, monkey
 
     capsys.readouterr()
     searched = {}
-    original = matrix._search
+    original = stages.train_supernet
 
-    def spy(cfg, run, device, log):
-        searched[run.path.name] = True
-        return original(cfg, run, device, log)
-    monkeypatch.setattr(matrix, "_search", spy)
+    def spy(search_run, resume=True):
+        searched[search_run.run.path.name] = True
+        return original(search_run, resume)
+    monkeypatch.setattr(stages, "train_supernet", spy)
     assert run_mini(config, out) == []
     assert searched == {"nb201-darts-none-s1": True}
-    assert "resumed the search at epoch 1, step 2" in capsys.readouterr().out
+    assert "[nb201-darts-none-s1] resumed at epoch 1, step 2" in capsys.readouterr().out
     assert comparable(out) == comparable(ref_out)
 
 
@@ -160,7 +163,7 @@ def test_changed_config_is_refused(reference, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match="search.epochs"):
-        matrix.run_bench(load_bench_config(other), out, log=lambda *_: None)
+        bench_runner.run_groups(load_bench_config(other), out)
 
 
 def test_unregistered_names_fail_before_work(tmp_path, capsys):
@@ -267,7 +270,7 @@ def test_hessian_hook_leaves_the_search_unchanged(tmp_path):
     from archselect.config import load_config
     from archselect.environment import configure
     from archselect.runs import RunDir
-    from archselect.search.loop import SearchRun
+    from archselect.optimizers.loop import SearchRun
 
     data = tiny_idx_dir(tmp_path / "data", n_train=128)
     states = []
@@ -278,7 +281,7 @@ def test_hessian_hook_leaves_the_search_unchanged(tmp_path):
         configure(cfg.seed, cfg.deterministic, cfg.threads)
         run = RunDir(tmp_path / f"run-{hook}")
         with run:
-            search = SearchRun(cfg, run, torch.device("cpu"), log=lambda *_: None)
+            search = SearchRun(cfg, run, torch.device("cpu"))
             search.train()
         states.append(search.supernet.state_dict())
         assert ("hessian_eig" in run.read_metrics()[-1]) == hook

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from archselect.cli import main
-from archselect.runs import load_latest_checkpoint
+from archselect.files import load_latest_checkpoint
 
 from conftest import tiny_idx_dir
 

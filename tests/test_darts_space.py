@@ -13,7 +13,8 @@ from archselect.cli import main
 from archselect.config import load_config
 from archselect.components import space_of
 from archselect.errors import UserError
-from archselect.genotype import EDGES, GENOTYPE_OPS, parse_genotype, to_genotype_string
+from archselect.arch import parse_genotype
+from archselect.genotype import EDGES, GENOTYPE_OPS, to_genotype_string
 from archselect.spaces import SPACES
 from archselect.spaces.darts import DARTSSpace, DartsS3Space, PartialEdge, channel_shuffle, reduction_layers
 from archselect.spaces.ops import OPS, scaled_bn

@@ -29,7 +29,7 @@ import torch
 
 from archselect import distributed
 from archselect.cli import main
-from archselect.runs import list_checkpoints, load_latest_checkpoint
+from archselect.files import list_checkpoints, load_latest_checkpoint
 from archselect.supernet import Supernet
 from conftest import tiny_idx_dir
 

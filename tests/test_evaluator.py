@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from archselect.data import ImageSet, Loader
 from archselect.selection.base import Cost, SelectionContext
-from archselect.selection.evaluator import MaskedEvaluator, NaiveEvaluator, take_batches
+from archselect.scoring.evaluator import MaskedEvaluator, NaiveEvaluator, take_batches
 from archselect.spaces.nb201 import EDGES, NB201Cell, NB201Space
 from archselect.supernet import Supernet
 
@@ -34,8 +34,7 @@ def tiny_context(space=None, supernet=None, workdir=None, train_set=None, valid_
     train = Loader(train_set or quadrant_set(96, 0), batch, seed=0, augment=False)
     valid = Loader(valid_set or quadrant_set(128, 1), eval_batch, seed=0, augment=False, shuffle=False,
                    drop_last=False)
-    return SelectionContext(space, net, valid, train, torch.device("cpu"), seed=0, workdir=workdir,
-                            log=lambda *_: None)
+    return SelectionContext(space, net, valid, train, torch.device("cpu"), seed=0, workdir=workdir)
 
 
 def random_alphas(net, scale=1.0, seed=0):

@@ -169,14 +169,14 @@ def test_leaf_jobs_carry_everything_run_leaf_needs(tmp_path, monkeypatch):
     import pickle
 
     from archselect.config import load_config
-    from archselect.jobs import leaf_jobs, run_one
+    from archselect.fewshot.schedule import leaf_job, leaf_jobs
 
     cfg = load_config(None, ["space.C=4", "split.method=gm", "search.epochs=40", "seed=3"])
     calls = []
     monkeypatch.setattr("archselect.fewshot.schedule.run_leaf",
-                        lambda c, root, leaf, device, log: calls.append((c, root, leaf, device)) or {"id": leaf})
+                        lambda c, root, leaf, device: calls.append((c, str(root.path), leaf, str(device))) or {"id": leaf})
     jobs = pickle.loads(pickle.dumps(leaf_jobs(cfg, tmp_path, ["0", "1"], "cpu")))  # plain data, picklable
-    results = SequentialExecutor().map(run_one, jobs)
+    results = SequentialExecutor().map(leaf_job, jobs)
     assert [r.value for r in results] == [{"id": "0"}, {"id": "1"}]
     assert [c[1:] for c in calls] == [(str(tmp_path), "0", "cpu"), (str(tmp_path), "1", "cpu")]
     assert calls[0][0] == cfg  # the RunConfig survives the round trip through plain data

@@ -6,14 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archselect.cli import main
-from archselect.runs import list_checkpoints
+from archselect.files import list_checkpoints
 
 from conftest import tiny_idx_dir
 from test_cli import tiny_args
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_resume_with_lower_lr(tmp_path, capsys, monkeypatch):
-    from archselect.search.base import SearchOptimizer
+    from archselect.optimizers.base import SearchOptimizer
 
     data = tiny_idx_dir(tmp_path / "data")
     run = tmp_path / "run"

@@ -284,7 +284,7 @@ def test_exhaustive_split_makes_one_sub_supernet_per_op_without_measuring(monkey
     monkeypatch.setattr(schedule, "measure", lambda *a, **k: pytest.fail("exhaustive on a given edge measures"))
     cfg = load_config(None, ["split.method=exhaustive", "search.epochs=4", "split.epochs=[1]"])
     s = resolve(cfg, ("cell",), 5)
-    record = schedule.decide_split(net, None, 1, s, 0, log=lambda m: None)
+    record = schedule.decide_split(net, None, 1, s, 0)
     assert s.edge_criterion == "first" and record["edge"] == 0 and record["cost"] is None
     assert record["groups"] == [[op] for op in net.op_names]
 

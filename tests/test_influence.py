@@ -38,7 +38,7 @@ class Batches:
 
 
 def context(space, supernet, batches):
-    return SelectionContext(space, supernet, Batches(batches), None, torch.device("cpu"), log=lambda s: None)
+    return SelectionContext(space, supernet, Batches(batches), None, torch.device("cpu"))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from archselect.cli import main
-from archselect.runs import load_latest_checkpoint
+from archselect.files import load_latest_checkpoint
 
 from conftest import tiny_idx_dir
 from killharness import kill_and_resume, saved_files, steps_done

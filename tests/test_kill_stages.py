@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from archselect.cli import main
-from archselect.runs import load_latest_checkpoint
+from archselect.files import load_latest_checkpoint
 
 from conftest import NB201_CSV, tiny_idx_dir
 from killharness import FinishedFiles, kill_and_resume, saved_files, steps_done

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from archselect.config import SearchConfig
-from archselect.search import OPTIMIZERS
-from archselect.search.darts2 import unrolled_alpha_grads
-from archselect.search.gumbel import GDAS, SNAS, gdas_sample, linear_tau
-from archselect.search.rsps import connected, sample_path
+from archselect.optimizers import OPTIMIZERS
+from archselect.optimizers.darts2 import unrolled_alpha_grads
+from archselect.optimizers.gumbel import GDAS, SNAS, gdas_sample, linear_tau
+from archselect.spaces.sampling import connected, sample_path
 from archselect.spaces.nb201 import EDGES, NB201Space
 
 

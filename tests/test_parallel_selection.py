@@ -21,10 +21,10 @@ from archselect.arch import Architecture
 from archselect.cli import main
 from archselect.components import to_device
 from archselect.executors import SequentialExecutor, split_map
-from archselect.selection import shapley as shapley_mod
+from archselect.scoring import shapley as shapley_mod
 from archselect.selection.perturbation import Perturbation
 from archselect.selection.shapley import ShapleySelector
-from archselect.selection.workers import Replica, Workers
+from archselect.scoring.workers import Replica, Workers
 from archselect.spaces.nb201 import NB201Space
 
 from conftest import tiny_idx_dir

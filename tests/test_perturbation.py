@@ -5,8 +5,9 @@ import torch
 
 from archselect.config import SearchConfig
 from archselect.selection import perturbation as perturbation_mod
-from archselect.selection.evaluator import MaskedEvaluator, take_batches
-from archselect.selection.perturbation import Perturbation, decision_events, trains_alpha_by_darts
+from archselect.scoring.evaluator import MaskedEvaluator, take_batches
+from archselect.optimizers import OPTIMIZERS
+from archselect.selection.perturbation import Perturbation, decision_events
 from archselect.selection.topology import nodes_to_prune, select_inputs
 from archselect.spaces.nb201 import NB201Space
 
@@ -48,9 +49,10 @@ def test_efficient_equals_naive_and_caller_supernet_is_untouched():
 
 
 def test_alpha_updates_follow_the_search_optimizer():
-    assert trains_alpha_by_darts(SearchConfig(optimizer="darts"))
-    assert not trains_alpha_by_darts(SearchConfig(optimizer="fixed-alpha"))
-    assert not trains_alpha_by_darts(None)
+    """DARTS-PT steps α while fine-tuning iff the search moved α by gradient: an optimizer capability, not a name."""
+    assert OPTIMIZERS.get("darts").alpha_by_gradient and OPTIMIZERS.get("darts-2nd").alpha_by_gradient
+    assert not OPTIMIZERS.get("fixed-alpha").alpha_by_gradient and not OPTIMIZERS.get("shapley").alpha_by_gradient
+    assert not OPTIMIZERS.get("fixed-alpha").trains_alpha and OPTIMIZERS.get("shapley").trains_alpha
     with pytest.raises(Exception, match="crit"):
         Perturbation({"crit": "entropy"})
 

@@ -13,7 +13,7 @@ from archselect.arch import parse_nb201
 from archselect.cli import main
 from archselect.config import RunConfig, dump_yaml
 from archselect.errors import UserError
-from archselect.report import plots
+from archselect.reporting import plots
 from archselect.selection import Selection
 from archselect.spaces.darts import DARTSSpace
 from archselect.spaces.nb201 import NB201Space

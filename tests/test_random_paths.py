@@ -5,7 +5,7 @@ import json
 import torch
 
 from archselect.cli import main
-from archselect.selection.evaluator import NaiveEvaluator, take_batches
+from archselect.scoring.evaluator import NaiveEvaluator, take_batches
 from archselect.selection.random_paths import RandomPaths
 
 from test_cli import tiny_args

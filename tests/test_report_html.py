@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from archselect.bench import matrix
+from archselect.pipeline import bench_runner
 from archselect.bench.config import load_bench_config
 from archselect.cli import main
-from archselect.report.html import write_bench_report
+from archselect.reporting.html import write_bench_report
 from archselect.selection import SELECTORS
 
 from conftest import NB201_CSV, REPO, tiny_idx_dir
@@ -59,7 +59,7 @@ def bench_dir(tmp_path_factory):
     path = root / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = root / "bench"
-    assert matrix.run_bench(load_bench_config(path), out, log=lambda *_: None) == []
+    assert bench_runner.run_groups(load_bench_config(path), out) == []
     yield out
     torch.set_num_threads(old)
 
@@ -98,12 +98,12 @@ def test_report_holds_the_tables_and_images(report, bench_dir):
 
 
 def test_report_command_on_a_bench_and_on_a_run(bench_dir, capsys, monkeypatch):
-    import archselect.report.html as report_html
+    import archselect.reporting.html as report_html
 
     calls = []
     monkeypatch.setattr(report_html, "write_bench_report", lambda out, engine: calls.append((out, engine)) or "page")
     assert main(["report", str(bench_dir)]) == 0  # a bench directory: its comparison page (built in the fixture)
-    assert calls == [(str(bench_dir), "auto")] and capsys.readouterr().out.strip() == "page"
+    assert [(str(o), e) for o, e in calls] == [(str(bench_dir), "auto")] and capsys.readouterr().out.strip() == "page"
     run = bench_dir / "runs" / "nb201-darts-none-s0"
     assert main(["report", str(run), "--engine", "matplotlib"]) == 0
     out = capsys.readouterr().out

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from archselect.errors import UserError
-from archselect.runs import RunDir, list_checkpoints, load_latest_checkpoint, remove_checkpoints, save_checkpoint
+from archselect.files import list_checkpoints, load_latest_checkpoint, remove_checkpoints, save_checkpoint
+from archselect.runs import RunDir
 
 
 def state(v):
@@ -51,7 +52,7 @@ def test_a_kill_while_checkpoints_are_removed_never_leaves_one_without_tensors(t
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
-def test_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path, damage):
+def test_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path, damage, caplog):
     save_checkpoint(tmp_path, "x", 1, state(1))
     stem = save_checkpoint(tmp_path, "x", 2, state(2))
     blob = stem.with_suffix(".safetensors")
@@ -62,8 +63,9 @@ def test_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path, damage
         blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     else:
         blob.unlink()
-    warnings = []
-    got = load_latest_checkpoint(tmp_path, "x", warn=warnings.append)
+    with caplog.at_level("WARNING", logger="archselect"):
+        got = load_latest_checkpoint(tmp_path, "x")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert got["step"] == 1 and len(warnings) == 1 and "x-00000002" in warnings[0]
     assert blob.with_suffix(".json").exists()  # the damaged one is reported, not deleted
 

@@ -11,12 +11,13 @@ import torch.nn as nn
 from archselect.cli import main
 from archselect.config import SearchConfig
 from archselect.data import ImageSet
-from archselect.search.shapley import ShapleySearch, normalised
-from archselect.selection import shapley as shapley_mod
+from archselect.optimizers.shapley import ShapleySearch, normalised
+from archselect.scoring import shapley as shapley_mod
 from archselect.selection.base import Cost
-from archselect.selection.evaluator import MaskedEvaluator
+from archselect.scoring.evaluator import MaskedEvaluator
 from archselect.selection.magnitude import Magnitude
-from archselect.selection.shapley import (ShapleyOptions, ShapleySelector, batch_source, estimate, exact_shapley,
+from archselect.selection.shapley import ShapleySelector
+from archselect.scoring.shapley import (ShapleyOptions, batch_source, estimate, exact_shapley,
                                           permutation, removal_contributions)
 from archselect.spaces.nb201 import EDGES, NB201Space
 from archselect.supernet import Supernet, weighted_sum
@@ -272,7 +273,7 @@ def test_shapley_search_resumes_mid_epoch_without_a_second_update(tmp_path, caps
     capsys.readouterr()
 
     def final(run):
-        from archselect.runs import load_latest_checkpoint
+        from archselect.files import load_latest_checkpoint
         return load_latest_checkpoint(run, "supernet")["supernet"]
 
     a, b = final(tmp_path / "a"), final(tmp_path / "b")

@@ -1,15 +1,15 @@
-"""Stacked weight settings (selection/stacking.py): one pass for several settings gives each exactly what it gives
+"""Stacked weight settings (scoring/stacking.py): one pass for several settings gives each exactly what it gives
 alone, in both BN modes and both memory layouts, on NAS-Bench-201 and DARTS supernets; the selectors' results do not
 depend on the stack size; a stack that runs out of memory is split."""
 import pytest
 import torch
 
 from archselect.errors import UserError
-from archselect.selection import evaluator as evaluator_mod
-from archselect.selection.evaluator import MaskedEvaluator, NaiveEvaluator, take_batches
+from archselect.scoring import evaluator as evaluator_mod
+from archselect.scoring.evaluator import MaskedEvaluator, NaiveEvaluator, take_batches
 from archselect.selection.perturbation import Perturbation
 from archselect.selection.shapley import ShapleySelector
-from archselect.selection.stacking import groups, union
+from archselect.scoring.stacking import groups, union
 from archselect.spaces.darts import DARTSSpace, DartsS4Space
 from archselect.spaces.nb201 import NB201Space
 from archselect.spaces.ops import BatchNorm2d, stacked

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from archselect.arch import Architecture
 from archselect.config import SearchConfig
-from archselect.search.darts import DartsFirstOrder
+from archselect.optimizers.darts import DartsFirstOrder
 from archselect.spaces.mixed import conv_bn_group, group_batch_norm
 from archselect.spaces.nb201 import EDGES, NB201Cell, NB201Space
 from archselect.spaces.ops import ReLUConvBN

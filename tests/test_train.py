@@ -11,8 +11,9 @@ from archselect.arch import load_architecture, parse_nb201
 from archselect.cli import main
 from archselect.errors import UserError
 from archselect.evaluate.flops import count_flops, count_parameters
-from archselect.evaluate.train import TrainRun, train_command
-from archselect.runs import load_latest_checkpoint
+from archselect.evaluate.train import TrainRun
+from archselect.pipeline import train as train_command
+from archselect.files import load_latest_checkpoint
 from archselect.spaces import SPACES
 from archselect.spaces.nb201 import NB201Space
 
@@ -95,7 +96,7 @@ def read_metrics(run):
 
 def test_retraining_writes_result_metrics_and_checkpoint(tmp_path):
     run = tmp_path / "run"
-    result = train_command(ARCH, out=str(run), overrides=[*TINY, "train.epochs=1"], log=lambda *_: None)
+    result = train_command(ARCH, out=str(run), overrides=[*TINY, "train.epochs=1"])
     saved = json.loads((run / "result.json").read_text())
     assert saved["test_acc"] == result["test_acc"] and 0.0 <= result["test_acc"] <= 1.0
     assert saved["architecture"]["text"] == ARCH and saved["epochs"] == 1 and saved["test_images"] == 360
@@ -108,7 +109,7 @@ def test_retraining_writes_result_metrics_and_checkpoint(tmp_path):
 
 def test_kill_and_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path, monkeypatch):
     args = [*TINY, "train.epochs=3", "train.eval_every=2"]
-    whole = train_command(ARCH, out=str(tmp_path / "whole"), overrides=args, log=lambda *_: None)
+    whole = train_command(ARCH, out=str(tmp_path / "whole"), overrides=args)
 
     real, calls = TrainRun.train_step, {"n": 0}
 
@@ -121,10 +122,10 @@ def test_kill_and_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path, 
     monkeypatch.setattr(TrainRun, "train_step", killed)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train_command(ARCH, out=str(cut), overrides=args, log=lambda *_: None)
+        train_command(ARCH, out=str(cut), overrides=args)
     assert [m["epoch"] for m in read_metrics(cut)] == [0]
     monkeypatch.setattr(TrainRun, "train_step", real)
-    resumed = train_command(ARCH, resume=str(cut), log=lambda *_: None)
+    resumed = train_command(ARCH, resume=str(cut))
 
     same = ("test_acc", "test_loss", "params", "flops", "epochs")
     assert {k: resumed[k] for k in same} == {k: whole[k] for k in same}
@@ -143,13 +144,13 @@ def test_a_kill_right_after_the_run_directory_is_made_leaves_a_resumable_run(tmp
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "record_manifest", killed)  # written right after config.yaml
+    monkeypatch.setattr(runs.RunDir, "record_manifest", killed)  # written right after config.yaml
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train_command(ARCH, out=str(cut), overrides=[*TINY, "train.epochs=1"], log=lambda *_: None)
+        train_command(ARCH, out=str(cut), overrides=[*TINY, "train.epochs=1"])
     monkeypatch.undo()
     assert (cut / "config.yaml").is_file() and not list(cut.glob("checkpoints/*"))
-    assert train_command(ARCH, resume=str(cut), log=lambda *_: None)["epochs"] == 1
+    assert train_command(ARCH, resume=str(cut))["epochs"] == 1
 
 
 def test_darts_retraining_uses_the_auxiliary_head_and_ramps_drop_path(tmp_path, monkeypatch):
@@ -165,7 +166,7 @@ def test_darts_retraining_uses_the_auxiliary_head_and_ramps_drop_path(tmp_path, 
 
     monkeypatch.setattr(DARTSNetwork, "forward_aux", spy)
     run = tmp_path / "run"
-    result = train_command(DARTS_V2, out=str(run), log=lambda *_: None, overrides=[
+    result = train_command(DARTS_V2, out=str(run), overrides=[
         "data.dataset=digits", "train.C=4", "train.N=3", "train.batch_size=64", "train.subset=128", "train.epochs=2",
         "train.auxiliary_weight=0.4", "train.drop_path=0.2", "train.cutout=4", "train.grad_clip=5", "threads=1"])
     assert seen["aux"] == 4  # 2 epochs x 2 steps, all with auxiliary logits
@@ -201,4 +202,4 @@ def test_train_command_line_and_its_errors(tmp_path, capsys):
 
 def test_subset_larger_than_the_split_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="train.subset"):
-        train_command(ARCH, out=str(tmp_path / "r"), overrides=[*TINY, "train.subset=100000"], log=lambda *_: None)
+        train_command(ARCH, out=str(tmp_path / "r"), overrides=[*TINY, "train.subset=100000"])

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .genotype import SPACE as DARTS_SPACE
+from .genotype import parse_genotype_cells, to_genotype_string, validate_darts
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NB201_NODES = 4  # node 0 is the cell input, node 3 its output
@@ -107,11 +110,7 @@ class Architecture:
         return "+".join(groups)
 
     def __str__(self) -> str:
-        if self.space == "nb201":
-            return self.to_nb201_string()
-        from .genotype import to_genotype_string  # the DARTS codec lives in its own module
-
-        return to_genotype_string(self)
+        return self.to_nb201_string() if self.space == "nb201" else to_genotype_string(self)
 
 
 def parse_nb201(text: str) -> Architecture:
@@ -147,6 +146,13 @@ def parse_nb201(text: str) -> Architecture:
     return Architecture("nb201", (("cell", Cell(tuple(edges))),))
 
 
+def parse_genotype(text: str) -> Architecture:
+    """The Architecture of a DARTS genotype text (genotype.py holds the grammar and the DARTS cell rules)."""
+    cells = parse_genotype_cells(text)
+    return Architecture(DARTS_SPACE, tuple((ct, Cell(tuple(Edge(*e) for e in edges), concat))
+                                           for ct, (edges, concat) in cells.items()))
+
+
 def validate(arch: Architecture) -> None:
     """Check an Architecture built from JSON against its space's rules (ops, node references)."""
     if arch.space == "nb201":
@@ -156,9 +162,7 @@ def validate(arch: Architecture) -> None:
         if len(arch.cell("cell").edges) != 6:
             raise UserError("a nb201 architecture has exactly 6 edges")
         return
-    if arch.space == "darts":  # every DARTS-family space (darts, darts-7, darts-s2..s4) writes "darts" cells
-        from .genotype import validate_darts
-
+    if arch.space == DARTS_SPACE:  # every DARTS-family space (darts, darts-7, darts-s2..s4) writes "darts" cells
         validate_darts(arch)
         return
     raise UserError(f"unknown architecture space {arch.space!r}; known: nb201, darts")
@@ -166,14 +170,10 @@ def validate(arch: Architecture) -> None:
 
 def load_architecture(spec: str) -> Architecture:
     """An architecture from a JSON file path, a NAS-Bench-201 string or a DARTS genotype string."""
-    from pathlib import Path
-
     s = spec.strip()
     if s.startswith("|"):
         return parse_nb201(s)
     if s.startswith("Genotype"):
-        from .genotype import parse_genotype
-
         return parse_genotype(s)
     path = Path(spec)
     if not path.is_file():

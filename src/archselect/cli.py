@@ -1,4 +1,5 @@
-"""The `archselect` command. Each subcommand is one stage reading and writing a run directory.
+"""The `archselect` command: a thin layer over the pipeline (pipeline/), one subcommand per stage, each reading and
+writing a run directory; it parses, calls one documented function and prints.
 
 Errors a user can cause end in one line on stderr and exit code 2, never a traceback.
 """
@@ -6,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
+from . import logs, pipeline
+from .version import __version__
+from .arch import load_architecture
 from .errors import UserError
+from .evaluate.benchmark import IMPORT_HINT, NB201Table, find_table, import_table
+from .evaluate.lookup import benchmark_metrics
 from .executors import EXECUTORS
 
 
@@ -32,7 +36,9 @@ def _add_executor(p: argparse.ArgumentParser, what: str, default: str | None = N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="archselect", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="archselect", description="Differentiable NAS with swappable architecture selection: "
+                     "search a supernet, then compare selectors on it.")
+    parser.add_argument("--version", action="version", version=f"archselect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("search", help="train a supernet, then select an architecture from it")
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse(argv)
+        logs.setup()
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"archselect: error: {e}", file=sys.stderr)
@@ -124,128 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# -- search ---------------------------------------------------------------------------------------------------------
-
-def _config_for(args):
-    from .config import load_config
-    from .runs import RunDir
-
-    if args.resume:
-        run = RunDir(args.resume)
-        if not run.exists():
-            raise UserError(f"{args.resume} is not a run directory (no config.yaml)")
-        if args.config or args.out:
-            raise UserError("--resume takes its config from the run directory; drop --config/--out")
-        return run, load_config(run.file("config.yaml"), args.overrides)
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
-    run = RunDir(out)
-    if run.exists():
-        raise UserError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    return run, cfg
-
-
-def cmd_search(args) -> int:
-    from . import distributed
-    from .environment import choose_device, configure
-
-    if args.resume and Path(args.resume, "jobs.json").is_file():
-        return _search_jobs(args)
-    if args.split:  # as an override: validated with the config and recorded by --resume
-        args.overrides = [*args.overrides, f"split.method={args.split}"]
-    run, cfg = _config_for(args)
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.device:
-        cfg.device = args.device
-    if args.selector:
-        cfg.select.selectors = _names(args.selector)
-    if args.seeds:
-        return _search_jobs(args, run.path, cfg)
-    executor = None
-    if args.executor != "sequential" or args.ray_address:
-        if cfg.split.method == "none":
-            raise UserError("--executor and --ray-address run independent jobs: add --seeds (one search per seed) "
-                            "or --split (sub-supernets); one search on several devices runs under torchrun "
-                            "(docs/scaling.md)")
-        from .executors import make_executor
-
-        executor = make_executor(args.executor, args.ray_address)
-    device = distributed.init(choose_device(cfg.device))  # under torchrun: this rank's device, in the group
-    try:
-        configure(cfg.seed, cfg.deterministic, cfg.threads)
-        distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
-        search_into(run, cfg, device, resume=bool(args.resume), overrides=args.overrides, executor=executor)
-    finally:
-        distributed.shutdown()
-    return 0
-
-
-def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print, executor=None) -> None:
-    """Search, save the supernet and select, in `run`. Under torchrun every rank trains; rank 0 alone locks and
-    writes the run directory, and selects, the other ranks computing shares of its evaluations."""
-    import contextlib
-
-    from . import distributed
-    from .config import dump_yaml
-    from .runs import atomic_write_bytes, manifest, record_manifest
-    from .ranks import serve
-    from .search.loop import SearchRun, save_supernet
-    from .selection.workers import launch_workers
-
-    main = distributed.is_main()
-    with run if main else contextlib.nullcontext():
-        if main:
-            info = {**manifest(cfg.seed, str(device)), "world_size": distributed.world()}
-            atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
-            record_manifest(run.file("manifest.json"), info, resume, overrides)
-            log(f"run directory: {run.path}")
-        if cfg.split.method != "none":
-            _split_and_report(run, cfg, device, log, executor)
-            return
-        search = SearchRun(cfg, run, device, log)
-        if resume and search.restore():
-            search.log(f"resumed at epoch {search.epoch + 1}, step {search.step}")
-        search.train()
-        if not main:
-            serve()  # compute shares of rank 0's selection evaluations
-            return
-        with launch_workers(cfg.select.workers, cfg.select.executor, device=device) as workers:
-            save_supernet(run, search.supernet)
-            _select_and_report(cfg, run, cfg.select.selectors, device, workers)
-
-
-def _search_jobs(args, root: Path | None = None, cfg=None) -> int:
-    """--seeds: independent searches, one per seed, into RUN/seed-N/ on the chosen executor; --resume RUN reruns
-    the unfinished ones (each resumes from its own checkpoint)."""
-    from . import distributed
-    from .executors import make_executor
-    from .jobs import read_jobs, run_jobs, seed_jobs
-
-    launch = distributed.launch_env()
-    if launch is not None and launch.world_size > 1:
-        raise UserError("--seeds runs independent searches: launch it without torchrun (docs/scaling.md)")
-    if root is None:
-        if args.config or args.out or args.seeds or args.overrides or args.seed is not None or args.selector:
-            raise UserError("--resume of a multi-seed run takes everything from RUN/jobs.json; drop the other options")
-        root = Path(args.resume)
-        jobs = read_jobs(root)
-    else:
-        if args.seed is not None or args.resume:
-            raise UserError("--seeds starts a new set of searches: drop --seed and --resume")
-        jobs = seed_jobs(cfg, root, args.seeds)
-    with make_executor(args.executor, args.ray_address) as executor:
-        results = run_jobs(executor, jobs, root)
-    failed = [r for r in results if not r.ok]
-    for r in results:
-        print(f"{r.id:>10}: {r.value['architecture'] if r.ok else 'FAILED ' + str(r.error)}")
-    if failed:
-        print(f"archselect: {len(failed)} of {len(results)} jobs failed (details in {root / 'summary.json'}); "
-              f"rerun them with: archselect search --resume {root}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -253,38 +138,54 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _select_and_report(cfg, run, names, device, workers=None) -> None:
-    from .evaluate.lookup import benchmark_metrics
-    from .runs import atomic_write_json
-    from .selection.stage import run_selectors
-
-    selections = run_selectors(cfg, run, names, device, workers=workers)
-    first = selections[names[0]]
-    metrics = run.read_metrics()
-    result = {
-        "architecture": first.architecture.to_dict(),
-        "selector": first.selector,
-        "selections": {n: str(s.architecture) for n, s in selections.items()},
-        "benchmark": benchmark_metrics(first.architecture, cfg.benchmark),
-        "search": {"epochs": len(metrics), "seconds": sum(m.get("seconds", 0.0) for m in metrics),
-                   "search_valid_acc": metrics[-1]["search_valid_acc"] if metrics else None},
-    }
-    atomic_write_json(run.file("result.json"), result)
-    print(f"architecture ({first.selector}): {first.architecture}")
-    _print_benchmark(result["benchmark"])
+def _print_benchmark(bench: dict) -> None:
+    print(pipeline.stages.benchmark_line(bench))
 
 
-def _split_and_report(run, cfg, device, log, executor=None) -> None:
-    from . import distributed
-    from .fewshot.schedule import split_search
+# -- search ---------------------------------------------------------------------------------------------------------
 
-    if distributed.world() > 1:
-        raise UserError("a split search (--split) runs in one process: launch it without torchrun")
-    result = split_search(cfg, run, device, log, executor)
-    split = result["split"]
-    print(f"architecture ({result['selector']}, {split['rule']} choice among {split['leaves']} sub-supernets): "
-          f"{result['selections'][result['selector']]}")
-    _print_split(result)
+def cmd_search(args) -> int:
+    selectors = _names(args.selector) if args.selector else None
+    if args.seeds or (args.resume and pipeline.Run(args.resume).is_job_set()):
+        return _search_seeds(args, selectors)
+    run = pipeline.search(args.config, args.out, overrides=args.overrides, resume=args.resume, selectors=selectors,
+                          seed=args.seed, device=args.device, split=args.split, executor=args.executor,
+                          ray_address=args.ray_address)
+    result = run.read_result() if run.exists() else None
+    if result is None:  # a torchrun rank other than 0
+        return 0
+    if "split" in result:
+        split = result["split"]
+        print(f"architecture ({result['selector']}, {split['rule']} choice among {split['leaves']} sub-supernets): "
+              f"{result['selections'][result['selector']]}")
+        _print_split(result)
+    else:
+        print(f"architecture ({result['selector']}): {result['selections'][result['selector']]}")
+        _print_benchmark(result["benchmark"])
+    return 0
+
+
+def _search_seeds(args, selectors) -> int:
+    """--seeds: independent searches, one per seed, into RUN/seed-N/; --resume RUN reruns the unfinished ones."""
+    if args.resume:
+        if args.config or args.out or args.seeds or args.overrides or args.seed is not None or args.selector:
+            raise UserError("--resume of a multi-seed run takes everything from RUN/jobs.json; drop the other options")
+    elif args.seed is not None:
+        raise UserError("--seeds starts a new set of searches: drop --seed and --resume")
+    overrides = [*args.overrides, *([f"split.method={args.split}"] if args.split else [])]
+    results = pipeline.search_seeds(args.config, args.out, seeds=args.seeds, overrides=overrides,
+                                    resume=args.resume, selectors=selectors, device=args.device,
+                                    executor=args.executor, ray_address=args.ray_address)
+    for r in results:
+        print(f"{r.id:>10}: {r.value['architecture'] if r.ok else 'FAILED ' + str(r.error)}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        root = args.resume or args.out
+        print(f"archselect: {len(failed)} of {len(results)} jobs failed (details in "
+              f"{pipeline.Run(root).summary_file}); rerun them with: archselect search --resume {root}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _print_split(result: dict) -> None:
@@ -295,141 +196,54 @@ def _print_split(result: dict) -> None:
         _print_benchmark(chosen["benchmark"])
 
 
-def _print_benchmark(bench: dict) -> None:
-    if "note" in bench:
-        print(f"benchmark: {bench['note']}")
-        return
-    keys = ("cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_test")
-    print("NAS-Bench-201: " + "  ".join(f"{k} {bench[k]:.2f}" for k in keys if bench.get(k) is not None))
-
-
 # -- select -----------------------------------------------------------------------------------------------------------
 
 def cmd_select(args) -> int:
     """Under torchrun rank 0 selects and writes while the other ranks compute shares of its evaluations."""
-    from . import distributed
-    from .config import load_config
-    from .environment import choose_device, configure
-    from .ranks import serve
-    from .runs import open_run
-
-    run = open_run(args.run)
-    chosen = {"workers": args.workers, "executor": args.executor}
-    cfg = load_config(run.file("config.yaml"),
-                      [*args.overrides, *(f"select.{k}={v}" for k, v in chosen.items() if v is not None)])
-    if args.device:
-        cfg.device = args.device
-    names = _names(args.selector)
-    launch = distributed.launch_env()
-    if launch is not None and launch.world_size > 1:  # checked on every rank, before rank 0 starts handing out work
-        if args.ray_address or any(v is not None for v in chosen.values()):
-            raise UserError("under torchrun every rank is a worker: drop --workers, --executor and --ray-address")
-        if cfg.split.method != "none":
-            raise UserError("selection in a split search runs in one process: launch it without torchrun")
-    elif args.ray_address and cfg.select.executor != "ray":
-        raise UserError("--ray-address needs --executor ray")
-    device = distributed.init(choose_device(cfg.device))
-    try:
-        configure(cfg.seed, cfg.deterministic, cfg.threads)
-        if not distributed.is_main():
-            serve()
-            return 0
-        selections = _select_in(run, cfg, names, device, args.ray_address)
-    finally:
-        distributed.shutdown()
-    if selections is None:
+    selections = pipeline.select(args.run, _names(args.selector), overrides=args.overrides, workers=args.workers,
+                                 executor=args.executor, ray_address=args.ray_address, device=args.device)
+    if not selections:  # a torchrun rank other than 0
         return 0
-    from .evaluate.lookup import benchmark_metrics
-
+    run = pipeline.as_run(args.run)
+    if run.is_split():
+        _print_split(run.read_result())
+        return 0
+    benchmark = run.config.benchmark
     for name, s in selections.items():
         print(f"{name:>14}: {s.architecture}")
-        _print_benchmark(benchmark_metrics(s.architecture, cfg.benchmark))
+        _print_benchmark(benchmark_metrics(s.architecture, benchmark))
+    if len(selections) > 1:
+        print(pipeline.compare(selections, benchmark))
     return 0
 
 
-def _select_in(run, cfg, names, device, ray_address):
-    """Run the selectors on RUN (a split search: in every sub-supernet, choosing again, printed here: None)."""
-    from .selection.stage import run_selectors
-    from .selection.workers import launch_workers
-
-    with launch_workers(cfg.select.workers, cfg.select.executor, ray_address, device) as workers, run:
-        if cfg.split.method != "none":
-            from .fewshot.schedule import reselect
-
-            _print_split(reselect(cfg, run, names, device, workers=workers))
-            return None
-        return run_selectors(cfg, run, names, device, workers=workers)
-
-
-# -- split ------------------------------------------------------------------------------------------------------------
+# -- split, show, train -----------------------------------------------------------------------------------------------
 
 def cmd_split(args) -> int:
-    from .config import load_config
-    from .environment import choose_device, configure
-    from .fewshot.schedule import analyse
-    from .runs import open_run
-
-    run = open_run(args.run)
-    cfg = load_config(run.file("config.yaml"), args.overrides)
-    if args.device:
-        cfg.device = args.device
-    configure(cfg.seed, cfg.deterministic, cfg.threads)
-    with run:
-        record = analyse(cfg, run, choose_device(cfg.device))
+    record = pipeline.split(args.run, overrides=args.overrides, device=args.device)
     for c in record["candidates"]:
         mark = "*" if (c["cell_type"], c["edge"]) == (record["cell_type"], record["edge"]) else " "
         groups = " | ".join("{" + ", ".join(g) + "}" for g in c["groups"])
         print(f"{mark} {c['cell_type']} edge {c['edge']:>2}: cut {c['cut']:.3f}  within {c['within']:.3f}  {groups}")
-    print(f"* the edge split by the {record['criterion']} criterion; distances in {run.file('split-scores.json')}")
+    print(f"* the edge split by the {record['criterion']} criterion; distances in "
+          f"{pipeline.as_run(args.run).split_scores_file}")
     return 0
 
-
-# -- show -------------------------------------------------------------------------------------------------------------
 
 def cmd_show(args) -> int:
-    from .runs import open_run, read_json
-
-    run = open_run(args.run)
-    from .config import load_config
-
-    cfg = load_config(run.file("config.yaml"))
-    metrics = run.read_metrics()
-    print(f"run {run.path}: {cfg.space.name} (C={cfg.space.C}, N={cfg.space.N}) on {cfg.data.dataset}, "
-          f"optimizer {cfg.search.optimizer}, seed {cfg.seed}")
-    if cfg.split.method != "none":
-        from .fewshot.tree import describe
-
-        print(describe(run))
-    else:
-        print(f"epochs done: {len(metrics)}/{cfg.search.epochs}")
-    if metrics:
-        last = metrics[-1]
-        print(f"last epoch: train acc {last.get('train_acc', float('nan')):.3f}, "
-              f"search-valid acc {last['search_valid_acc']:.3f}, {sum(m['seconds'] for m in metrics):.0f}s in all")
-    if run.file("result.json").exists():
-        result = read_json(run.file("result.json"), "result")
-        for name, text in result.get("selections", {}).items():
-            print(f"{name:>14}: {text}")
-        _print_benchmark(result.get("benchmark", {"note": "no benchmark metrics recorded"}))
-    else:
-        print("no result yet (search unfinished: archselect search --resume RUN)")
+    print(pipeline.show(args.run))
     return 0
 
 
-# -- train ------------------------------------------------------------------------------------------------------------
-
 def cmd_train(args) -> int:
-    from .evaluate.train import train_command
-
-    train_command(args.arch, args.config, args.out, args.resume, args.overrides, args.seed, args.device)
+    pipeline.train(args.arch, args.config, args.out, resume=args.resume, overrides=args.overrides, seed=args.seed,
+                   device=args.device)
     return 0
 
 
 # -- benchmark --------------------------------------------------------------------------------------------------------
 
 def cmd_benchmark(args) -> int:
-    from .evaluate.benchmark import IMPORT_HINT, NB201Table, find_table, import_table
-
     if args.action == "import":
         path = import_table(args.path)
         table = NB201Table.load(path)
@@ -439,55 +253,32 @@ def cmd_benchmark(args) -> int:
     if table is None:
         raise UserError(IMPORT_HINT)
     spec = args.arch.strip()
-    if spec.isdigit():
-        arch = table.arch_at(int(spec))
-    else:
-        from .arch import load_architecture
-
-        arch = load_architecture(spec)
+    arch = table.arch_at(int(spec)) if spec.isdigit() else load_architecture(spec)
     for k, v in table.lookup(arch).items():
         print(f"{k:>20}: {v}")
     return 0
 
 
-# -- bench ------------------------------------------------------------------------------------------------------------
+# -- bench, report ----------------------------------------------------------------------------------------------------
 
 def cmd_bench(args) -> int:
-    from .bench.aggregate import write_tables
-    from .bench.config import load_bench_config
-    from .bench.matrix import run_bench
-
-    cfg = load_bench_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("benches") / cfg.name
-    failed = run_bench(cfg, out, args.executor or cfg.executor, args.ray_address, args.device)
-    if args.no_report:
-        write_tables(cfg, out)
-    else:  # aggregates too; `archselect report BENCH` rewrites both from disk
-        from .report.html import write_bench_report
-
-        print(f"report: {write_bench_report(out)}")
-    print(f"tables: {out / 'results.md'}, {out / 'results.csv'}")
+    out, failed = pipeline.run_bench(args.config, args.out, overrides=args.overrides, executor=args.executor,
+                                 ray_address=args.ray_address, device=args.device, report=not args.no_report)
+    if not args.no_report:
+        print(f"report: {out.report_page}")
+    print(f"tables: {out.results_md}, {out.results_csv}")
     if failed:
         for r in failed:
             print(f"{r.id}: FAILED {r.error}", file=sys.stderr)
-        print(f"archselect: {len(failed)} supernet groups failed (details in {out / 'summary.json'}); rerun the same "
+        print(f"archselect: {len(failed)} supernet groups failed (details in {out.summary_file}); rerun the same "
               f"command to retry them", file=sys.stderr)
         return 1
     return 0
 
 
-# -- report -----------------------------------------------------------------------------------------------------------
-
 def cmd_report(args) -> int:
-    from .report.html import is_bench, write_bench_report, write_run_report
-    from .report.plots import plot_run
-
-    if is_bench(Path(args.run)):  # a bench directory: its comparison page (bench/, report/html.py)
-        print(write_bench_report(args.run, args.engine))
-        return 0
-    for path in plot_run(args.run, args.engine):
+    for path in pipeline.report(args.run, args.engine):
         print(path)
-    print(write_run_report(args.run, args.engine))
     return 0
 
 

@@ -346,6 +346,12 @@ def check_train(cfg: RunConfig) -> None:
         if not ok:
             raise UserError(message)
 
+def check_rules(options: Any, prefix: str, rules: list[tuple[bool, str, str]]) -> None:
+    """Raise a UserError for the first (ok, key, allowed) rule that fails, naming the option and its value."""
+    for ok, key, allowed in rules:
+        if not ok:
+            raise UserError(f"{prefix}.{key} must be {allowed}, got {getattr(options, key)!r}")
+
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
+from .executors import interleave
 
 
 # -- the launch environment ------------------------------------------------------------------------------------------
@@ -260,6 +261,5 @@ def rank_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     mine = [fn(x) for x in items[r::k]]
     gathered: list[list[Any]] = [[] for _ in range(k)]
     dist.all_gather_object(gathered, mine)  # pickles between our own processes only, never a file
-    from .executors import interleave
 
     return interleave(gathered, len(items))

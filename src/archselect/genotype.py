@@ -15,8 +15,8 @@ spaces) writes its architectures in this one space, "darts", since the cell form
 from __future__ import annotations
 
 import re
+from typing import Any, NamedTuple
 
-from .arch import Architecture, Cell, Edge
 from .errors import UserError
 
 SPACE = "darts"
@@ -156,26 +156,36 @@ class _Parser:
 
 # -- Architecture <-> genotype ----------------------------------------------------------------------------------------
 
-def parse_genotype(text: str) -> Architecture:
-    """The Architecture of a DARTS genotype text; UserError naming the problem if it is not a valid DARTS cell pair."""
+class GenotypeEdge(NamedTuple):
+    src: int
+    dst: int
+    op: str
+
+
+CellEdges = tuple[tuple[GenotypeEdge, ...], tuple[int, ...]]  # (edges by (dst, src), concat)
+
+
+def parse_genotype_cells(text: str) -> dict[str, CellEdges]:
+    """The cells of a DARTS genotype text (arch.parse_genotype makes them an Architecture); UserError naming the
+    problem if it is not a valid DARTS cell pair."""
     if not isinstance(text, str):
         raise UserError("a genotype must be text")
     fields = _Parser(text).genotype()
     missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in fields]
     if missing:
         raise UserError(f"bad genotype: missing field {missing[0]!r}")
-    cells = []
+    cells = {}
     for ct in CELL_TYPES:
         pairs = fields[ct]
         if len(pairs) != 2 * STEPS:
             raise UserError(f"bad genotype: {ct} has {len(pairs)} (op, input) pairs; a DARTS cell needs "
                             f"{2 * STEPS}, two for each of its {STEPS} intermediate nodes")
-        edges = [Edge(src, INPUTS + k // 2, op) for k, (op, src) in enumerate(pairs)]
-        cells.append((ct, _check_cell(ct, edges, tuple(fields[f"{ct}_concat"]))))
-    return Architecture(SPACE, tuple(cells))
+        edges = [GenotypeEdge(src, INPUTS + k // 2, op) for k, (op, src) in enumerate(pairs)]
+        cells[ct] = _check_cell(ct, edges, tuple(fields[f"{ct}_concat"]))
+    return cells
 
 
-def to_genotype_string(arch: Architecture) -> str:
+def to_genotype_string(arch: Any) -> str:
     """The genotype text of a DARTS-space Architecture (pairs of a node ordered by input node)."""
     validate_darts(arch)
     parts = []
@@ -186,7 +196,7 @@ def to_genotype_string(arch: Architecture) -> str:
     return f"Genotype({', '.join(parts)})"
 
 
-def validate_darts(arch: Architecture) -> None:
+def validate_darts(arch: Any) -> None:
     """Check a DARTS Architecture (e.g. one read from JSON): cell types, ops, two inputs per node, concat."""
     if arch.space != SPACE:
         raise UserError(f"a {arch.space!r} architecture is not a DARTS-space architecture")
@@ -198,8 +208,9 @@ def validate_darts(arch: Architecture) -> None:
         _check_cell(ct, list(cell.edges), cell.concat)
 
 
-def _check_cell(ct: str, edges: list[Edge], concat: tuple[int, ...]) -> Cell:
-    """The canonical Cell of these edges, or UserError naming the first rule they break."""
+def _check_cell(ct: str, edges: list[Any], concat: tuple[int, ...]) -> CellEdges:
+    """The canonical cell of these edges (anything with src, dst, op), or UserError naming the first rule they
+    break."""
     seen = set()
     for e in edges:
         if e.op not in GENOTYPE_OPS:
@@ -222,4 +233,4 @@ def _check_cell(ct: str, edges: list[Edge], concat: tuple[int, ...]) -> Cell:
     if tuple(concat) != CONCAT:
         raise UserError(f"{ct} cell: concat {list(concat)} is not supported; this DARTS space concatenates all "
                         f"intermediate nodes, range({CONCAT[0]}, {CONCAT[-1] + 1})")
-    return Cell(tuple(sorted(edges, key=lambda e: (e.dst, e.src))), CONCAT)
+    return tuple(GenotypeEdge(e.src, e.dst, e.op) for e in sorted(edges, key=lambda e: (e.dst, e.src))), CONCAT

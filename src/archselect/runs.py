@@ -1,209 +1,169 @@
-"""The run directory: how stages hand work to each other and survive a kill.
+"""The run directory: how stages hand work to each other and survive a kill. This module is the only place that
+spells the names of its files; every stage reads and writes a run through `RunDir` (and a bench through `BenchDir`).
 
-    RUN/config.yaml        resolved configuration          RUN/manifest.json   versions, commit, seed, device, argv
-    RUN/metrics.jsonl      one record per epoch            RUN/result.json     the search's derived architecture
-    RUN/checkpoints/NAME-STEP.{safetensors,json}           tensors + everything else, with the tensors' sha256
-    RUN/selections/NAME.json                               one Selection per selector
-
-Every file is written to a temporary name, fsynced and renamed, so a reader sees the old file or the new one, never
-half of one. A checkpoint's JSON carries the sha256 of its tensor file; loading verifies it, and the previous
-checkpoint is kept until a newer one is complete. Nothing is ever unpickled: tensors are safetensors, the rest JSON.
+    RUN/config.yaml        resolved configuration          RUN/manifest.json    versions, commit, seed, device, argv
+    RUN/metrics.jsonl      one record per epoch            RUN/log.txt          the log of every command run on RUN
+    RUN/checkpoints/search-STEP.{safetensors,json}         the search's checkpoints (files.py)
+    RUN/supernet-0.{safetensors,json}                      the trained supernet, for the selection stage
+    RUN/selections/NAME.json                               one Selection per selector (+ NAME-progress-* while running)
+    RUN/comparison.json    the selectors side by side      RUN/result.json      the derived architecture(s)
+    RUN/split-scores.json  `archselect split RUN`          RUN/diagnostics.json bench diagnostics
+    RUN/split/tree.json, RUN/split/<node>/                 a split search: the tree, one run directory per node
+    RUN/jobs.json, RUN/summary.json, RUN/<job>/            a set of independent jobs (--seeds): one run per job
+    RUN/architecture.json  a retraining's architecture     RUN/report/          plots and index.html
+    RUN/retrain/<selector>/                                a bench group's retraining of each selection
 """
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from .version import __version__
+from .config import RunConfig, dump_yaml, load_config
 from .errors import UserError
+from .files import (atomic_write_bytes, atomic_write_json, list_checkpoints, load_latest_checkpoint, read_json,
+                    save_checkpoint)
 
-KEEP_CHECKPOINTS = 2
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (os has no getter)
-
-
-# -- atomic files ---------------------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode an ordinary open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+SEARCH_CHECKPOINT = "search"     # the search loop's checkpoints
+SUPERNET_CHECKPOINT = "supernet"  # the trained supernet the selection stage reads
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def safe_name(name: str, what: str) -> str:
+    """`name` as one file-name component (a selector, a job or a node id): never a path, never hidden."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{what} {name!r} is not a valid name (letters, digits, '_', '-', '.'; at most 100)")
+    return name
 
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
-
-
-def read_json(path: Path, what: str | None = None) -> Any:
-    p = Path(path)
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{what or p} not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{what or p} is damaged or not JSON: {p} ({e})") from None
-
-
-# -- nested state with tensors <-> (tensors, JSON) --------------------------------------------------------------------
-
-def split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace every tensor inside `obj` (dicts, lists, tuples) by {"__tensor__": key}, collecting it in `tensors`."""
-    if isinstance(obj, torch.Tensor):
-        key = prefix
-        tensors[key] = obj.detach().cpu().contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        return {"__dict__": [[k, split_tensors(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        items = [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
-        return {"__tuple__": items} if isinstance(obj, tuple) else items
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {prefix}")
-
-
-def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__tuple__" in obj:
-            return tuple(join_tensors(v, tensors) for v in obj["__tuple__"])
-        if "__dict__" in obj:
-            return {k: join_tensors(v, tensors) for k, v in obj["__dict__"]}
-        return {k: join_tensors(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [join_tensors(v, tensors) for v in obj]
-    return obj
-
-
-# -- checkpoints -----------------------------------------------------------------------------------------------------
-
-def save_checkpoint(directory: Path, name: str, step: int, state: dict[str, Any]) -> Path:
-    """Write `state` (nested dicts/lists of tensors and plain values) as NAME-STEP.safetensors + .json, then prune
-    older checkpoints of that name beyond the newest KEEP_CHECKPOINTS."""
-    directory = Path(directory)
-    tensors: dict[str, torch.Tensor] = {}
-    meta = split_tensors(state, "s", tensors)
-    blob = st_save(tensors) if tensors else st_save({"_empty": torch.zeros(0)})
-    stem = directory / f"{name}-{step:08d}"
-    atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
-    atomic_write_json(stem.with_suffix(".json"), {
-        "name": name, "step": step, "time": time.time(),
-        "sha256": hashlib.sha256(blob).hexdigest(), "state": meta,
-    })
-    remove_checkpoints(directory, name, keep=KEEP_CHECKPOINTS)
-    return stem
-
-
-def remove_checkpoints(directory: Path, name: str, keep: int = 0) -> None:
-    """Delete all but the newest `keep` checkpoints of `name`. The JSON goes first: it is what makes a checkpoint
-    visible, so a kill in between leaves a stray tensor file (removed here next time), never a checkpoint whose
-    tensors are missing, which would stop every later resume."""
-    stems = list_checkpoints(directory, name)
-    kept = {s.name for s in stems[len(stems) - keep:]} if keep else set()
-    for old in stems:
-        if old.name not in kept:
-            old.with_suffix(".json").unlink(missing_ok=True)
-    for blob in sorted(Path(directory).glob(f"{name}-*.safetensors")):
-        if blob.stem not in kept and blob.stem[len(name) + 1:].isdigit():
-            blob.unlink(missing_ok=True)
-
-
-def list_checkpoints(directory: Path, name: str) -> list[Path]:
-    """Checkpoint stems of `name`, oldest first (by step, which the file name carries)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    stems = [p.with_suffix("") for p in directory.glob(f"{name}-*.json")]
-    return sorted(stems, key=lambda p: p.name)
-
-
-def load_checkpoint_file(stem: Path) -> dict[str, Any]:
-    meta = read_json(stem.with_suffix(".json"), "checkpoint metadata")
-    blob_path = stem.with_suffix(".safetensors")
-    try:
-        blob = blob_path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {blob_path} is missing") from None
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        raise UserError(f"checkpoint {blob_path} is damaged (checksum mismatch)")
-    try:
-        tensors = st_load(blob)
-    except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise UserError(f"checkpoint {blob_path} is damaged ({e})") from None
-    return join_tensors(meta["state"], tensors)
-
-
-def load_latest_checkpoint(directory: Path, name: str, warn=print) -> dict[str, Any] | None:
-    """The newest checkpoint of `name` that verifies; a damaged newer one is reported and skipped, not deleted."""
-    stems = list_checkpoints(directory, name)
-    for i, stem in enumerate(reversed(stems)):
-        try:
-            return load_checkpoint_file(stem)
-        except UserError as e:
-            if i == len(stems) - 1:
-                raise
-            warn(f"warning: {e}; falling back to the previous checkpoint")
-    return None
-
-
-# -- the run directory -----------------------------------------------------------------------------------------------
 
 class RunDir:
-    """A run directory held under an exclusive lock while this process writes to it."""
+    """A run directory, held under an exclusive lock while this process writes to it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock_fd: int | None = None
 
-    # files
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
-    def file(self, *parts: str) -> Path:
-        return self.path.joinpath(*parts)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # -- the files -----------------------------------------------------------------------------------------------------
+    config_file = property(lambda self: self.path / "config.yaml")
+    manifest_file = property(lambda self: self.path / "manifest.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    log_file = property(lambda self: self.path / "log.txt")
+    result_file = property(lambda self: self.path / "result.json")
+    comparison_file = property(lambda self: self.path / "comparison.json")
+    split_scores_file = property(lambda self: self.path / "split-scores.json")
+    diagnostics_file = property(lambda self: self.path / "diagnostics.json")
+    architecture_file = property(lambda self: self.path / "architecture.json")
+    leaf_file = property(lambda self: self.path / "leaf.json")
+    jobs_file = property(lambda self: self.path / "jobs.json")
+    summary_file = property(lambda self: self.path / "summary.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    selections_dir = property(lambda self: self.path / "selections")
+    report_dir = property(lambda self: self.path / "report")
+    report_page = property(lambda self: self.path / "report" / "index.html")
+    split_dir = property(lambda self: self.path / "split")
+    retrain_root = property(lambda self: self.path / "retrain")
+    tree_file = property(lambda self: self.path / "split" / "tree.json")
+
+    def selection_file(self, selector: str) -> Path:
+        return self.selections_dir / f"{safe_name(selector, 'selector')}.json"
+
+    def selection_files(self) -> list[Path]:
+        """The selection files (not the progress checkpoints of a running selector), sorted by name."""
+        return sorted(p for p in self.selections_dir.glob("*.json") if _SAFE_NAME.fullmatch(p.stem) and
+                      "-progress-" not in p.name)
+
+    def node(self, node_id: str) -> "RunDir":
+        """The run directory of node `node_id` of a split search's tree."""
+        return RunDir(self.split_dir / safe_name(node_id, "split node"))
+
+    def retrain(self, selector: str) -> "RunDir":
+        """The retraining (run directory) of selector `selector`'s architecture, in a bench group."""
+        return RunDir(self.retrain_root / safe_name(selector, "selector"))
+
+    def job(self, job_id: str) -> "RunDir":
+        """The run directory of job `job_id` of a set of jobs."""
+        return RunDir(self.path / safe_name(job_id, "job"))
 
     def exists(self) -> bool:
-        return (self.path / "config.yaml").is_file()
+        return self.config_file.is_file()
 
-    # lock
+    def is_split(self) -> bool:
+        """A split (few-shot) search: its supernet was split into sub-supernets, each a node of the tree."""
+        return self.tree_file.is_file()
+
+    def is_job_set(self) -> bool:
+        return self.jobs_file.is_file()
+
+    # -- config, manifest, result --------------------------------------------------------------------------------------
+    def read_config(self, overrides=()) -> RunConfig:
+        return load_config(self.config_file, list(overrides))
+
+    def write_config(self, cfg: RunConfig) -> None:
+        atomic_write_bytes(self.config_file, dump_yaml(cfg).encode())
+
+    def read_manifest(self) -> dict[str, Any]:
+        return read_json(self.manifest_file, "run manifest")
+
+    def record_manifest(self, info: dict[str, Any], resume: bool = False, overrides=()) -> None:
+        """Write the manifest; on a resume keep the original and append this start (with its overrides) to
+        `resumes`."""
+        if resume and self.manifest_file.is_file():
+            old = self.read_manifest()
+            old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
+            info = old
+        atomic_write_json(self.manifest_file, info)
+
+    def read_result(self) -> dict[str, Any] | None:
+        return read_json(self.result_file, "result") if self.result_file.is_file() else None
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.result_file, result)
+
+    def read_json(self, path: Path, what: str, default: Any = None) -> Any:
+        """A JSON file of this run, or `default` when it is absent."""
+        return read_json(path, what) if path.is_file() else default
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        atomic_write_json(path, obj)
+
+    # -- the supernet --------------------------------------------------------------------------------------------------
+    def has_search_checkpoint(self) -> bool:
+        return bool(list_checkpoints(self.checkpoints, SEARCH_CHECKPOINT))
+
+    def has_supernet(self) -> bool:
+        return bool(list_checkpoints(self.path, SUPERNET_CHECKPOINT))
+
+    def save_supernet(self, state: dict[str, torch.Tensor]) -> None:
+        """The trained supernet, alone, for the selection stage (safetensors + checksum via the checkpoint
+        writer)."""
+        save_checkpoint(self.path, SUPERNET_CHECKPOINT, 0, {"supernet": state})
+
+    def load_supernet(self) -> dict[str, torch.Tensor]:
+        state = load_latest_checkpoint(self.path, SUPERNET_CHECKPOINT)
+        if state is None:
+            raise UserError(f"{self.path} has no trained supernet yet; finish (or --resume) its search first")
+        return state["supernet"]
+
+    # -- lock ----------------------------------------------------------------------------------------------------------
     def lock(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -229,29 +189,62 @@ class RunDir:
     def __exit__(self, *exc) -> None:
         self.unlock()
 
-    # metrics
+    # -- metrics -------------------------------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
+        with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        p = self.path / "metrics.jsonl"
-        if not p.exists():
+        if not self.metrics_file.exists():
             return []
         records = []
-        for line in p.read_text().splitlines():
+        for line in self.metrics_file.read_text().splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line cut by a kill: everything after it is lost work anyway
         return records
 
-    def truncate_metrics(self, keep) -> None:
+    def truncate_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Keep only records for which keep(record) is true (drops epochs redone after a resume)."""
         kept = [r for r in self.read_metrics() if keep(r)]
-        atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
+        atomic_write_bytes(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+class BenchDir:
+    """A bench directory: BENCH/bench.yaml (the resolved bench config), manifest.json, summary.json,
+    runs/<group>/ (one run directory per supernet group), the tables and report/."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    bench_file = property(lambda self: self.path / "bench.yaml")
+    manifest_file = property(lambda self: self.path / "manifest.json")
+    summary_file = property(lambda self: self.path / "summary.json")
+    results_md = property(lambda self: self.path / "results.md")
+    results_csv = property(lambda self: self.path / "results.csv")
+    agreement_csv = property(lambda self: self.path / "agreement.csv")
+    cells_csv = property(lambda self: self.path / "cells.csv")
+    report_dir = property(lambda self: self.path / "report")
+    report_page = property(lambda self: self.path / "report" / "index.html")
+    report_results_md = property(lambda self: self.path / "report" / "results.md")
+    runs_dir = property(lambda self: self.path / "runs")
+
+    def group(self, group_id: str) -> RunDir:
+        return RunDir(self.runs_dir / safe_name(group_id, "bench group"))
+
+    def exists(self) -> bool:
+        return self.bench_file.is_file()
+
+    def as_run_dir(self) -> RunDir:
+        """The directory's lock, manifest and summary, as for a run (one bench process per directory)."""
+        return RunDir(self.path)
+
+
+def is_bench(path: str | Path) -> bool:
+    return BenchDir(path).exists()
 
 
 def open_run(path: str | Path) -> RunDir:
@@ -260,16 +253,6 @@ def open_run(path: str | Path) -> RunDir:
     if not run.exists():
         raise UserError(f"{path} is not a run directory (no config.yaml)")
     return run
-
-
-def record_manifest(path: Path, info: dict[str, Any], resume: bool, overrides=()) -> None:
-    """Write the manifest; on a resume keep the original and append this start (with its overrides) to `resumes`."""
-    path = Path(path)
-    if resume and path.is_file():
-        old = read_json(path, "run manifest")
-        old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
-        info = old
-    atomic_write_json(path, info)
 
 
 def git_commit() -> str | None:
@@ -282,8 +265,6 @@ def git_commit() -> str | None:
 
 
 def manifest(seed: int, device: str, argv: list[str] | None = None) -> dict[str, Any]:
-    from . import __version__
-
     return {
         "archselect": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "git_commit": git_commit(), "seed": seed, "device": device,

@@ -1,5 +1,5 @@
-"""`archselect bench`: the selector x optimizer x seed matrix on shared supernets, its tables and diagnostics."""
+"""The bench matrix (selector x optimizer x split x seed on shared supernets): its config, its groups and its tables.
+pipeline/bench_runner.py runs it."""
 from .config import BenchConfig, load_bench_config
-from .matrix import run_bench, run_group
 
-__all__ = ["BenchConfig", "load_bench_config", "run_bench", "run_group"]
+__all__ = ["BenchConfig", "load_bench_config"]

@@ -15,25 +15,24 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..runs import RunDir, atomic_write_bytes, read_json
+from ..arch import Architecture, load_architecture
+from ..config import load_config
+from ..evaluate.diagnostics import pairwise_agreement, param_free_ops
+from ..evaluate.lookup import benchmark_metrics
+from ..files import atomic_write_bytes, read_json
+from ..runs import BenchDir, RunDir
+from ..selection.base import Selection
+from .columns import ACCURACY, BEST_BY, KEYS, METRICS
 from .config import BenchConfig
-from .diagnostics import pairwise_agreement, param_free_ops
-from .matrix import Group, cell_dir, groups, is_split, read_diagnostics, selection_done, selection_path
+from .document import results_markdown
+from .matrix import Group, cell_dir, cell_done, groups, read_diagnostics, selection_path
+from .retrain import read_retrained
 
-ACCURACY = ("cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_valid", "imagenet16_test")
-RETRAIN = ("retrain_acc",)
-COST = ("search_seconds", "select_seconds", "select_forward", "select_backward")
-DIAGNOSTIC = ("param_free_ops", "tied_edges", "kendall_tau", "spearman", "hessian_eig")
-METRICS = (*ACCURACY, *RETRAIN, *COST, *DIAGNOSTIC)
-KEYS = ("space", "optimizer", "split", "selector")
-BEST_BY = "cifar10_valid"
 
 
 # -- cells -------------------------------------------------------------------------------------------------------------
 
 def _benchmark(arch, path: str | None) -> dict[str, float]:
-    from ..evaluate.lookup import benchmark_metrics
-
     found = benchmark_metrics(arch, path)
     return {c: float(found[c]) if isinstance(found.get(c), (int, float)) else math.nan for c in ACCURACY}
 
@@ -45,19 +44,16 @@ def _last(metrics: list[dict], key: str) -> float:
 
 def group_rows(cfg: BenchConfig, out: Path, group: Group) -> list[dict[str, Any]]:
     """The finished cells of one group (selectors whose selection file is valid)."""
-    from ..config import load_config
-    from ..selection.base import Selection
-
-    run = RunDir(Path(out, "runs", group.id))
+    run = BenchDir(out).group(group.id)
     if not run.exists():
         return []
-    run_cfg = load_config(run.file("config.yaml"))
+    run_cfg = run.read_config()
     corr = read_diagnostics(run).get("correlation", {})
     retrained = _retrained(run)
     search_seconds = _search_seconds(run)
     rows = []
     for name in cfg.selectors:
-        if not selection_done(run, name):
+        if not cell_done(run, name):
             continue
         sel = Selection.from_dict(read_json(selection_path(run, name), "selection"))
         metrics = cell_dir(run, name).read_metrics()  # a split group: the chosen sub-supernet's own epochs
@@ -79,12 +75,10 @@ def group_rows(cfg: BenchConfig, out: Path, group: Group) -> list[dict[str, Any]
 
 def _selection_cost(run: RunDir, name: str, sel) -> dict[str, float]:
     """The selector's cost; after a split, summed over every sub-supernet it ran in (the choice needs them all)."""
-    from ..selection.base import Selection
-
     costs = [sel.cost]
-    if is_split(run):
-        leaves = read_json(run.file("result.json"), "split result")["split"]["per_selector"][name]["scores"]
-        paths = [run.file("split", leaf, "selections", f"{name}.json") for leaf in leaves]
+    if run.is_split():
+        leaves = run.read_result()["split"]["per_selector"][name]["scores"]
+        paths = [run.node(leaf).selection_file(name) for leaf in leaves]
         costs = [Selection.from_dict(read_json(p, "selection")).cost for p in paths if p.is_file()]
     return {"select_seconds": float(sum(c.seconds for c in costs)),
             "select_forward": float(sum(c.forward for c in costs)),
@@ -93,14 +87,12 @@ def _selection_cost(run: RunDir, name: str, sel) -> dict[str, float]:
 
 def _search_seconds(run: RunDir) -> float:
     """Wall seconds of the group's search (for a split group: every node of its tree and the split decisions)."""
-    if is_split(run):
-        return float(read_json(run.file("result.json"), "split result")["search"]["seconds"])
+    if run.is_split():
+        return float(run.read_result()["search"]["seconds"])
     return float(sum(m.get("seconds", 0.0) for m in run.read_metrics()))
 
 
 def _retrained(run: RunDir) -> dict[str, float]:
-    from .retrain import read_retrained
-
     return read_retrained(run)
 
 
@@ -148,8 +140,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def agreement(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (space, optimizer, split) and pair of selectors: the fraction of edges where their choices agree, averaged
     over the seeds where both finished."""
-    from ..arch import Architecture, load_architecture
-
     by_group: dict[tuple, dict[str, dict[str, Architecture]]] = {}
     for r in rows:
         key = (r["space"], r["optimizer"], r["split"])
@@ -187,14 +177,13 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_tables(cfg: BenchConfig, out: Path) -> dict[str, Any]:
     """cells.csv (one row per cell), results.csv (one per method), agreement.csv and results.md; returns the tables."""
-    from .document import results_markdown
-
     rows = cell_rows(cfg, out)
     summary = summarize(rows)
     agree = agreement(rows)
     tables = {"cells": rows, "summary": summary, "agreement": agree}
-    atomic_write_bytes(Path(out, "cells.csv"), to_csv(rows).encode())
-    atomic_write_bytes(Path(out, "results.csv"), to_csv(summary).encode())
-    atomic_write_bytes(Path(out, "agreement.csv"), to_csv(agree).encode())
-    atomic_write_bytes(Path(out, "results.md"), results_markdown(cfg, tables).encode())
+    bench = BenchDir(out)
+    atomic_write_bytes(bench.cells_csv, to_csv(rows).encode())
+    atomic_write_bytes(bench.results_csv, to_csv(summary).encode())
+    atomic_write_bytes(bench.agreement_csv, to_csv(agree).encode())
+    atomic_write_bytes(bench.results_md, results_markdown(cfg, tables).encode())
     return tables

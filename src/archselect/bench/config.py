@@ -15,6 +15,10 @@ from typing import Any
 from ..config import RunConfig, apply_overrides, build, check, read_yaml
 from ..errors import UserError
 from ..executors import EXECUTORS
+from ..optimizers import OPTIMIZERS
+from ..selection import SELECTORS
+from ..spaces import SPACES
+from .retrain import MISSING, available
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
@@ -105,8 +109,6 @@ def _check(cfg: BenchConfig) -> None:
         if not ok:
             raise UserError(message)
     if cfg.retrain.enabled:
-        from .retrain import MISSING, available
-
         if not available():
             raise UserError(MISSING)
     check_registered(cfg)
@@ -115,10 +117,6 @@ def _check(cfg: BenchConfig) -> None:
 def check_registered(cfg: BenchConfig) -> None:
     """Fail before any work when the config names a space, optimizer or selector that is not registered (split
     methods are checked by the run config's own validation)."""
-    from ..search import OPTIMIZERS
-    from ..selection import SELECTORS
-    from ..spaces import SPACES
-
     for registry, entries in ((SPACES, cfg.spaces), (OPTIMIZERS, cfg.optimizers)):
         for e in entries:
             registry.get(e.name)  # UserError naming the unknown entry and the known ones

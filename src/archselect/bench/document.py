@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
+from .columns import ACCURACY
 from .config import BenchConfig, run_config
 from .published import Published, columns_for, matches, published_for
 
@@ -164,8 +165,6 @@ def diagnostics_blocks(cfg: BenchConfig, summary: list[dict], agreement: list[di
 
 def bench_document(cfg: BenchConfig, tables: dict[str, Any]) -> tuple[list[Block], list[Block]]:
     """(the head: title and protocol, the body: every table), so the report can put figures between them."""
-    from .aggregate import ACCURACY
-
     summary = tables["summary"]
     metrics = list(ACCURACY)
     if any(math.isfinite(r.get("retrain_acc_mean", math.nan)) for r in summary):

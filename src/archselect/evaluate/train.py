@@ -13,28 +13,29 @@ resumed run ends exactly where an uninterrupted one does (in deterministic mode)
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..arch import Architecture, load_architecture
+from ..arch import Architecture
 from ..components import space_of, to_device
 from ..config import RunConfig, SpaceConfig, TrainConfig
 from ..data import ImageSet, Loader, load_dataset
 from ..environment import rng_state, set_rng_state
 from ..errors import UserError
-from ..runs import RunDir, load_latest_checkpoint, read_json, save_checkpoint
-from ..search.loop import evaluate
+from ..files import load_latest_checkpoint, save_checkpoint
+from ..runs import RunDir
 from .flops import count_flops, count_parameters
+from .metrics import loss_and_accuracy
 
 CHECKPOINT = "train"
-ARCH_FILE = "architecture.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,9 +82,8 @@ def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_clas
 class TrainRun:
     """One retraining: the network, its optimizer and schedule, the position, and the loop."""
 
-    def __init__(self, cfg: RunConfig, run: RunDir, arch: Architecture, device: torch.device,
-                 log: Callable[[str], None] = print):
-        self.cfg, self.run, self.arch, self.device, self.log = cfg, run, arch, device, log
+    def __init__(self, cfg: RunConfig, run: RunDir, arch: Architecture, device: torch.device):
+        self.cfg, self.run, self.arch, self.device = cfg, run, arch, device
         t: TrainConfig = cfg.train
         self.data = train_data(cfg, device)
         channels, num_classes = self.data.train.image_shape[0], self.data.train.ds.num_classes
@@ -105,7 +105,7 @@ class TrainRun:
         save_checkpoint(self.run.checkpoints, CHECKPOINT, self.epoch, self.state())
 
     def restore(self) -> bool:
-        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, warn=self.log)
+        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT)
         if state is None:
             return False
         self.model.load_state_dict(state["model"])
@@ -140,13 +140,13 @@ class TrainRun:
         record = {"epoch": self.epoch, "lr": lr, "drop_path": drop_path,
                   **{k: v / max(len(loader), 1) for k, v in sums.items()}}
         if self._evaluate_now():
-            loss, acc = evaluate(self.model, self.data.test)
+            loss, acc = loss_and_accuracy(self.model, self.data.test)
             self.test = {"epoch": self.epoch, "test_loss": loss, "test_acc": acc}
             record.update(test_loss=loss, test_acc=acc)
         record["seconds"] = time.perf_counter() - start
         self.run.append_metrics(record)
         test = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.4f}" if "test_acc" in record else ""
-        self.log(f"epoch {self.epoch + 1}/{t.epochs}  lr {lr:.4f}  train loss {record['train_loss']:.3f} "
+        log.info(f"epoch {self.epoch + 1}/{t.epochs}  lr {lr:.4f}  train loss {record['train_loss']:.3f} "
                  f"acc {record['train_acc']:.3f}{test}  {record['seconds']:.1f}s")
         self.epoch += 1
         self.save()
@@ -174,7 +174,7 @@ class TrainRun:
     # -- the report ----------------------------------------------------------------------------------------------------
     def result(self) -> dict[str, Any]:
         if self.test is None:  # zero epochs: the untrained network
-            loss, acc = evaluate(self.model, self.data.test)
+            loss, acc = loss_and_accuracy(self.model, self.data.test)
             self.test = {"epoch": -1, "test_loss": loss, "test_acc": acc}
         flops = count_flops(self.model, self.data.train.image_shape, self.device)
         metrics = self.run.read_metrics()
@@ -187,62 +187,3 @@ class TrainRun:
             "train_images": len(self.data.train.ds), "test_images": len(self.data.test.ds),
             "seconds": sum(m.get("seconds", 0.0) for m in metrics),
         }
-
-
-# -- the command -------------------------------------------------------------------------------------------------------
-
-def _open_run(arch: Architecture, config: str | None, out: str | None, resume: str | None,
-              overrides: list[str]) -> tuple[RunDir, RunConfig]:
-    from ..config import load_config
-
-    if resume:
-        run = RunDir(resume)
-        if not run.exists():
-            raise UserError(f"{resume} is not a run directory (no config.yaml)")
-        if config or out:
-            raise UserError("--resume takes its config from the run directory; drop --config/--out")
-        stored = Architecture.from_dict(read_json(run.file(ARCH_FILE), "trained architecture"))
-        if str(stored) != str(arch):
-            raise UserError(f"{resume} retrains {stored}, not {arch}")
-        return run, load_config(run.file("config.yaml"), overrides)
-    cfg = load_config(config, overrides)
-    path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    run = RunDir(path)
-    if run.exists():
-        raise UserError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
-    return run, cfg
-
-
-def train_command(arch_spec: str, config: str | None = None, out: str | None = None, resume: str | None = None,
-                  overrides: list[str] = (), seed: int | None = None, device: str | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """`archselect train`: retrain ARCH (an architecture JSON, result.json or selection file, an NB201 string or a
-    genotype) into a new run directory, or resume one; writes and returns result.json's content."""
-    from ..config import dump_yaml
-    from ..environment import choose_device, configure
-    from ..runs import atomic_write_bytes, atomic_write_json, manifest, record_manifest
-
-    arch = load_architecture(arch_spec)
-    run, cfg = _open_run(arch, config, out, resume, list(overrides))
-    if seed is not None:
-        cfg.seed = seed
-    if device:
-        cfg.device = device
-    dev = choose_device(cfg.device)
-    configure(cfg.seed, cfg.deterministic, cfg.threads)
-    with run:
-        # the architecture before config.yaml (which makes the directory a run): a kill in between must not leave
-        # a run that --resume cannot check the architecture of
-        atomic_write_json(run.file(ARCH_FILE), arch.to_dict())
-        atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
-        record_manifest(run.file("manifest.json"), manifest(cfg.seed, str(dev)), resume, overrides)
-        log(f"run directory: {run.path}")
-        trainer = TrainRun(cfg, run, arch, dev, log)
-        if resume and trainer.restore():
-            log(f"resumed at epoch {trainer.epoch + 1}")
-        trainer.train()
-        result = trainer.result()
-        atomic_write_json(run.file("result.json"), result)
-    log(f"{arch}: test accuracy {100 * result['test_acc']:.2f}% on {result['dataset']}, "
-        f"{result['params'] / 1e6:.3f}M parameters, {result['flops'] / 1e6:.2f}M FLOPs")
-    return result

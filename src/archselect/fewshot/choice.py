@@ -1,4 +1,4 @@
-"""Choosing among the leaves of a split search, and the run's result.json.
+"""Choosing among the leaves of a split search.
 
 For each selector, the leaf whose selection scores best: by its search-valid accuracy in its own sub-supernet
 (`choose: supernet`, legitimate), or by the NAS-Bench-201 table (`choose: oracle`, analysis only: it uses benchmark
@@ -6,14 +6,14 @@ knowledge a search does not have, and says so in every output).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..arch import Architecture
 from ..config import RunConfig
 from ..errors import UserError
 from ..evaluate.benchmark import IMPORT_HINT, METRIC_COLUMNS
-from ..evaluate.lookup import benchmark_metrics, table_for
-from ..runs import RunDir, atomic_write_json
+from ..evaluate.lookup import table_for
 from .settings import Settings
 from .tree import Tree
 
@@ -67,28 +67,33 @@ def _scored_everywhere(leaves: dict[str, dict[str, Any]], preferred: list[str]) 
     return list(dict.fromkeys(n for n in preferred if n in common)) + sorted(common - set(preferred))
 
 
-def write_result(cfg: RunConfig, run: RunDir, tree: Tree, s: Settings, names: list[str]) -> dict[str, Any]:
-    """RUN/result.json: every selector scored in all leaves gets its chosen leaf; the first of the configured
-    selectors (else of `names`) is the run's architecture."""
+@dataclass
+class SplitOutcome:
+    """What a split search found: per selector the architecture of its chosen leaf, the first selector's (the run's
+    architecture), the search's totals and the split record for result.json."""
+
+    first: str
+    architectures: dict[str, Architecture]
+    search: dict[str, Any]
+    split: dict[str, Any]
+
+
+def choose_leaves(cfg: RunConfig, tree: Tree, s: Settings, names: list[str]) -> SplitOutcome:
+    """Every selector scored in all leaves gets its chosen leaf (recorded in the tree); the first of the configured
+    selectors (else of `names`) gives the run's architecture."""
     leaves = {i: tree.nodes[i]["result"] for i in tree.record["leaves"]}
     names = _scored_everywhere(leaves, [*cfg.select.selectors, *names])
     chosen = choose(leaves, names, s)
     for name, c in chosen.items():
         c["benchmark"] = leaves[c["leaf"]]["selections"][name]["benchmark"]
     first = chosen[names[0]]
-    best = leaves[first["leaf"]]["selections"][names[0]]
     seconds = sum(m.get("seconds", 0.0) for i in tree.nodes for m in tree.node_dir(i).read_metrics())
     seconds += sum(n["split"]["cost"]["seconds"] for n in tree.nodes.values() if n["split"] and n["split"]["cost"])
-    result = {
-        "architecture": best["arch"],
-        "selector": names[0],
-        "selections": {n: leaves[c["leaf"]]["selections"][n]["architecture"] for n, c in chosen.items()},
-        "benchmark": benchmark_metrics(Architecture.from_dict(best["arch"]), cfg.benchmark),
-        "search": {"epochs": s.total_epochs, "seconds": seconds,
-                   "search_valid_acc": leaves[first["leaf"]]["supernet_valid_acc"]},
-        "split": {"method": s.method, "rule": s.choose, "oracle": s.choose == "oracle", "label": rule_label(s),
-                  "leaf": first["leaf"], "per_selector": chosen, "leaves": len(leaves), "tree": "split/tree.json"},
-    }
     tree.set_choice({"rule": s.choose, "label": rule_label(s), "per_selector": chosen})
-    atomic_write_json(run.file("result.json"), result)
-    return result
+    return SplitOutcome(
+        first=names[0],
+        architectures={n: Architecture.from_dict(leaves[c["leaf"]]["selections"][n]["arch"]) for n, c in chosen.items()},
+        search={"epochs": s.total_epochs, "seconds": seconds,
+                "search_valid_acc": leaves[first["leaf"]]["supernet_valid_acc"]},
+        split={"method": s.method, "rule": s.choose, "oracle": s.choose == "oracle", "label": rule_label(s),
+               "leaf": first["leaf"], "per_selector": chosen, "leaves": len(leaves), "tree": str(tree.path.relative_to(tree.run.path))})

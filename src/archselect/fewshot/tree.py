@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..runs import RunDir, atomic_write_json, list_checkpoints, read_json
+from ..files import atomic_write_json, read_json
+from ..runs import RunDir
 
 ROOT = "root"
-CHECKPOINT = "search"  # the name SearchRun gives its checkpoints
 POST_HOC = ("choose", "oracle_metric", "bn")  # settings that only score and choose among finished leaves
 
 
@@ -44,12 +44,12 @@ class Tree:
 
     @property
     def path(self) -> Path:
-        return self.run.file("split", "tree.json")
+        return self.run.tree_file
 
     @classmethod
     def open(cls, run: RunDir, settings: dict[str, Any]) -> "Tree":
         """The run's tree, created on first use; a resumed run must have kept its split settings."""
-        path = run.file("split", "tree.json")
+        path = run.tree_file
         if not path.exists():
             tree = cls(run, {"settings": settings, "nodes": {}, "leaves": [], "choice": None})
             tree.add_node(ROOT, None, 0, phase(0, settings["epochs"], settings["total_epochs"]))
@@ -72,7 +72,7 @@ class Tree:
         return self.record["nodes"]
 
     def node_dir(self, node_id: str) -> RunDir:
-        return RunDir(self.run.file("split", node_id))
+        return self.run.node(node_id)
 
     def add_node(self, node_id: str, parent: str | None, level: int, epochs: tuple[int, int],
                  enabled: dict[str, list[list[str]]] | None = None) -> None:
@@ -82,7 +82,7 @@ class Tree:
             self.save()
 
     def has_checkpoint(self, node_id: str) -> bool:
-        return bool(list_checkpoints(self.node_dir(node_id).checkpoints, CHECKPOINT))
+        return self.node_dir(node_id).has_search_checkpoint()
 
     def set_split(self, node_id: str, split: dict[str, Any], children: list[str]) -> None:
         self.nodes[node_id]["split"] = split
@@ -104,16 +104,15 @@ class Tree:
 
 def describe(run: RunDir) -> str:
     """A few lines on a split search's tree: each node's progress and split, each leaf's selections, the choice."""
-    path = run.file("split", "tree.json")
-    if not path.exists():
+    if not run.is_split():
         return "split search: not started"
-    record = read_json(path, "split tree")
+    record = read_json(run.tree_file, "split tree")
     s, lines = record["settings"], []
     lines.append(f"split search ({s['method']}): splits at epochs {s['epochs']} of {s['total_epochs']}, "
                  f"{len(record['leaves']) or '?'} sub-supernets")
     for node_id, node in record["nodes"].items():
         start, end = node["epochs"]
-        done = len(RunDir(run.file("split", node_id)).read_metrics())
+        done = len(run.node(node_id).read_metrics())
         text = f"  {node_id:>8}: epochs {start}-{end}, {done}/{end - start} trained"
         if node["split"]:
             sp = node["split"]

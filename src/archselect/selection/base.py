@@ -7,45 +7,28 @@ never change the caller's supernet: progressive ones work on a copy.
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..arch import Architecture
 from ..config import build
-from ..errors import UserError
 from ..registry import Registry
 from ..supernet import Supernet
-from .workers import Workers
+from ..scoring.cost import Cost
+from ..scoring.workers import Workers
 
 SELECTORS: Registry = Registry("selector")
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class NoOptions:
     pass
-
-
-@dataclass
-class Cost:
-    forward: int = 0      # forward passes (batches)
-    backward: int = 0     # backward passes (batches)
-    images: int = 0       # images sent through the supernet
-    seconds: float = 0.0
-
-    def count(self, batch: int, backward: bool = False) -> None:
-        self.forward += 1
-        self.images += batch
-        self.backward += int(backward)
-
-    def add(self, other: "Cost") -> None:
-        """Add the passes counted elsewhere (by a worker), not its seconds: wall time is the caller's."""
-        self.forward += other.forward
-        self.backward += other.backward
-        self.images += other.images
 
 
 @dataclass
@@ -72,7 +55,8 @@ class Selection:
 @dataclass
 class SelectionContext:
     """Everything a selector may use. `train` is for selectors that fine-tune; `workdir` for progress checkpoints;
-    `workers` for selectors whose evaluations are independent of each other (selection/workers.py)."""
+    `workers` for selectors whose evaluations are independent of each other (scoring/workers.py); `optimizer` is the
+    search optimizer's class, whose capabilities (`trains_alpha`, `alpha_by_gradient`) a selector may read."""
 
     space: Any
     supernet: Supernet
@@ -81,9 +65,9 @@ class SelectionContext:
     device: torch.device
     seed: int = 0
     workdir: Path | None = None
-    log: Callable[[str], None] = print
     search: Any = None  # the run's SearchConfig (optimizer and its settings), for selectors that keep training
     workers: Workers = field(default_factory=Workers)  # where independent evaluations run (default: here, in turn)
+    optimizer: Any = None  # the SearchOptimizer subclass that trained the supernet (None: unknown, trained elsewhere)
 
 
 class Selector(abc.ABC):
@@ -106,20 +90,13 @@ class Selector(abc.ABC):
         if ties:
             selection.details["tied_edges"] = ties
             where = ", ".join(f"{ct} {edges}" for ct, edges in ties.items())
-            ctx.log(f"  {self.name}: the best op ties on {sum(map(len, ties.values()))} edge(s) ({where}): the choice "
-                    f"there is arbitrary")
+            log.info(f"  {self.name}: the best op ties on {sum(map(len, ties.values()))} edge(s) ({where}): the "
+                     f"choice there is arbitrary")
         return selection
 
     @abc.abstractmethod
     def run(self, ctx: SelectionContext) -> Selection:
         """The method itself; `select` adds the wall time."""
-
-
-def check_rules(options: Any, prefix: str, rules: list[tuple[bool, str, str]]) -> None:
-    """Raise a UserError for the first (ok, key, allowed) rule that fails, naming the option and its value."""
-    for ok, key, allowed in rules:
-        if not ok:
-            raise UserError(f"{prefix}.{key} must be {allowed}, got {getattr(options, key)!r}")
 
 
 def tied_edges(scores: dict[str, list[list[float]]], supernet: Supernet, chooses_none: bool = True

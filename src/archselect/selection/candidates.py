@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from ..supernet import Supernet
-from .base import Cost
-from .evaluator import Outcome, make_evaluator, plans_key
-from .workers import Workers
+from ..scoring.cost import Cost
+from ..scoring.evaluator import EvaluatorOptions, Outcome, plans_key
+from ..scoring.workers import Workers
 
 Weights = dict[str, torch.Tensor]
 
@@ -31,8 +31,7 @@ def evaluate_groups(supernet: Supernet, setup: dict[str, Any], groups: list[list
     if not groups:
         return []
     cost = Cost()
-    ev = make_evaluator(setup["evaluator"], supernet, setup["batches"], bn=setup["bn"], cost=cost,
-                        cache_mb=setup["cache_mb"], stack=setup["stack"])
+    ev = setup["options"].make_evaluator(supernet, setup["batches"], cost)
     # the first setting of each group is new to this evaluator and costs the same passes as any other: compute them
     # together (stacked where the evaluator can) and share their passes out equally
     firsts = ev.many([group[0] for group in groups])
@@ -50,10 +49,10 @@ class Candidates:
     """`candidates(settings) -> outcomes` for `supernet` as it is at the call (masks, fine-tuned weights), on
     `batches`; the passes are added to `cost`."""
 
-    def __init__(self, workers: Workers, space: Any, supernet: Supernet, batches: list, options: Any, cost: Cost):
+    def __init__(self, workers: Workers, space: Any, supernet: Supernet, batches: list, options: EvaluatorOptions,
+                 cost: Cost):
         self.workers, self.space, self.supernet, self.cost = workers, space, supernet, cost
-        self.setup = {"batches": batches, "evaluator": options.evaluator, "bn": options.bn,
-                      "cache_mb": options.cache_mb, "stack": options.stack}
+        self.setup = {"batches": batches, "options": options}
 
     def __call__(self, settings: list[Weights]) -> list[Outcome]:
         groups: dict[tuple, list[int]] = {}

@@ -17,6 +17,7 @@ to the batch-to-batch standard error the selection reports).
 """
 from __future__ import annotations
 
+import logging
 import copy
 from dataclasses import dataclass
 from typing import Iterable
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import Selection, Selector, as_lists, register
+
+log = logging.getLogger(__name__)
 
 Tensors = dict[str, torch.Tensor]
 CHOICES = {"terms": ("both", "first", "second"), "weights": ("softmax", "alpha"), "bn": ("train", "eval"),
@@ -67,7 +70,7 @@ class Influence(Selector):
         model = scoring_copy(ctx.supernet, o.bn)
         batches = _take(ctx.valid.epoch(0), o.batches)
         probes = o.probes if o.hessian == "hutchinson" else None
-        theta, per_batch = derivatives(model, batches, o.weights, o.hvp_batch, log=ctx.log, probes=probes,
+        theta, per_batch = derivatives(model, batches, o.weights, o.hvp_batch, probes=probes,
                                        seed=ctx.seed)
         if not per_batch:
             raise UserError("influence: the validation split yielded no batch")
@@ -188,7 +191,7 @@ def hutchinson_diagonal(grads: list[torch.Tensor], leaves: list[torch.Tensor], a
     return [h.view_as(t) for h, t in zip(out.split([t.numel() for t in leaves]), leaves)]
 
 
-def derivatives(model, batches: Iterable, kind: str, hvp_batch: int = 1, log=print, probes: int | None = None,
+def derivatives(model, batches: Iterable, kind: str, hvp_batch: int = 1, probes: int | None = None,
                 seed: int = 0) -> tuple[Tensors, list[tuple[int, Tensors, Tensors]]]:
     """θ and, per batch, (batch size, gradient, Hessian diagonal); with `probes`, Hutchinson's estimate of the
     diagonal, its probes drawn from a generator seeded with `seed`."""
@@ -200,7 +203,7 @@ def derivatives(model, batches: Iterable, kind: str, hvp_batch: int = 1, log=pri
     for i, (x, y) in enumerate(batches):
         g, h = batch_derivatives(model, theta, kind, x.to(dtype), y, active, hvp_batch, probes, generator)
         out.append((int(y.numel()), g, h))
-        log(f"  influence: batch {i + 1} done ({int(y.numel())} images)")
+        log.info(f"  influence: batch {i + 1} done ({int(y.numel())} images)")
     return {ct: t.detach().clone() for ct, t in theta.items()}, out
 
 

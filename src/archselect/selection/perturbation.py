@@ -13,6 +13,7 @@ important; an op that is `none` or disabled scores exactly 0. Progress is checkp
 """
 from __future__ import annotations
 
+import logging
 import copy
 import math
 from dataclasses import dataclass
@@ -22,15 +23,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import SearchConfig
+from ..config import SearchConfig, check_rules
 from ..data import derive_seed
 from ..environment import rng_state, set_rng_state
+from ..scoring.cost import Cost
+from ..scoring.evaluator import EvaluatorOptions, rebatch, take_batches
 from ..supernet import Supernet
-from .base import Cost, Selection, Selector, check_rules, as_lists, register
+from .base import Selection, Selector, as_lists, register
 from .candidates import Candidates
-from .evaluator import EVALUATORS, check_bn_mode, rebatch, take_batches
 from .progress import Progress, fingerprint
 from .topology import nodes_to_prune, select_inputs
+
+log = logging.getLogger(__name__)
 
 CRITERIA = ("acc", "loss")
 ORDERS = ("random", "fixed")
@@ -38,7 +42,7 @@ ALPHA_MODES = ("auto", "yes", "no")
 
 
 @dataclass
-class PerturbationOptions:
+class PerturbationOptions(EvaluatorOptions):
     crit: str = "acc"                 # acc: keep the op whose removal leaves the lowest accuracy | loss (paper: acc)
     edge_order: str = "random"        # random (paper) | fixed: edge index order
     tune_epochs: float = 0.5          # fine-tuning between decisions, in epochs of search-train (paper: proj_intv 5)
@@ -50,40 +54,23 @@ class PerturbationOptions:
     grad_clip: float = 5.0            # paper: 5
     update_alpha: str = "auto"        # auto: DARTS α steps iff the search trained α by DARTS (paper) | yes | no
     valid_batches: int | None = 4     # scoring batches of the search-valid split (paper: all of it, null)
-    bn: str = "train"                 # BN while scoring: train (paper; batch stats, running stats untouched) | eval
     topology: bool = True             # spaces with `inputs_per_node` (DARTS): prune node inputs after the ops (paper)
-    cache_mb: float = 1024.0          # memory for cached layer states (see evaluator.py)
-    evaluator: str = "efficient"      # efficient | naive (recompute everything; for checks and benchmarks)
-    stack: int = 1                    # weight settings per pass, stacked along the batch (for GPUs; see stacking.py)
 
     def check(self, prefix: str) -> None:
         rules = [
             (self.crit in CRITERIA, "crit", f"one of {', '.join(CRITERIA)}"),
             (self.edge_order in ORDERS, "edge_order", f"one of {', '.join(ORDERS)}"),
             (self.update_alpha in ALPHA_MODES, "update_alpha", f"one of {', '.join(ALPHA_MODES)}"),
-            (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}"),
             (self.tune_epochs >= 0, "tune_epochs", ">= 0"),
             (self.tune_steps is None or self.tune_steps >= 0, "tune_steps", ">= 0"),
             (self.valid_batches is None or self.valid_batches >= 1, "valid_batches", "at least 1 (or null: all)"),
             (self.lr > 0 and (self.lr_min is None or self.lr_min >= 0), "lr", "> 0 (and lr_min >= 0)"),
-            (self.cache_mb >= 0, "cache_mb", ">= 0"),
-            (self.stack >= 1, "stack", "at least 1"),
         ]
+        self.check_evaluator(prefix)
         check_rules(self, prefix, rules)
-        check_bn_mode(self.bn, f"{prefix}.bn")
 
 
 # -- fine-tuning between decisions ------------------------------------------------------------------------------------
-
-def trains_alpha_by_darts(search: SearchConfig | None) -> bool:
-    """Whether the run's search optimizer updated α by (first- or second-order) DARTS gradient steps."""
-    if search is None:
-        return False
-    from ..search import OPTIMIZERS
-    from ..search.darts import DartsFirstOrder
-
-    return search.optimizer in OPTIMIZERS and issubclass(OPTIMIZERS.get(search.optimizer), DartsFirstOrder)
-
 
 class FineTuner:
     """SGD on the copy's weights (and optional first-order DARTS Adam steps on α). Step g uses train batch g and
@@ -219,7 +206,8 @@ class Perturbation(Selector):
     def run(self, ctx) -> Selection:
         o = self.options
         search = ctx.search
-        alpha = o.update_alpha == "yes" or (o.update_alpha == "auto" and trains_alpha_by_darts(search))
+        alpha = o.update_alpha == "yes" or (o.update_alpha == "auto" and ctx.optimizer is not None
+                                             and ctx.optimizer.alpha_by_gradient)
         keep = getattr(ctx.space, "inputs_per_node", None) if o.topology else None
         net = copy.deepcopy(ctx.supernet)
         events = decision_events(net, o.edge_order, ctx.seed, keep)
@@ -228,7 +216,7 @@ class Perturbation(Selector):
         tuner = FineTuner(net, ctx.train, alpha_stream, o, search, alpha, per_event * (len(events) - 1))
         batches = take_batches(ctx.valid, o.valid_batches)
 
-        progress = Progress(ctx.workdir, self.name, fingerprint(ctx.supernet, o, ctx.seed, [alpha, keep]), ctx.log)
+        progress = Progress(ctx.workdir, self.name, fingerprint(ctx.supernet, o, ctx.seed, [alpha, keep]))
         cost, records, done = Cost(), [], 0
         saved = progress.load()
         if saved is not None:
@@ -236,7 +224,7 @@ class Perturbation(Selector):
             tuner.load_state_dict(saved["tuner"])
             set_rng_state(saved["rng"])
             cost, records, done = Cost(**saved["cost"]), saved["records"], saved["done"]
-            ctx.log(f"  resuming {self.name} after {done} of {len(events)} decisions")
+            log.info(f"  resuming {self.name} after {done} of {len(events)} decisions")
 
         # the candidates of each decision are scored on `net` as it is then, here or split over ctx.workers; the
         # fine-tuning between decisions stays in this process
@@ -249,7 +237,7 @@ class Perturbation(Selector):
                           else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, o.crit)})
                 if record is not None:
                     records.append(record)
-                    ctx.log(f"  decision {i + 1}/{len(events)}: {_describe(record)}")
+                    log.info(f"  decision {i + 1}/{len(events)}: {_describe(record)}")
             progress.save(i + 1, {"supernet": net.state_dict(), "tuner": tuner.state_dict(), "rng": rng_state(),
                                   "cost": vars(cost), "records": records, "done": i + 1})
         progress.clear()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..runs import load_latest_checkpoint, remove_checkpoints, save_checkpoint
+from ..files import load_latest_checkpoint, remove_checkpoints, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(supernet: torch.nn.Module, options: Any, seed: int, extra: Any = None) -> str:
@@ -24,18 +27,18 @@ def fingerprint(supernet: torch.nn.Module, options: Any, seed: int, extra: Any =
 
 
 class Progress:
-    def __init__(self, workdir: Path | None, name: str, key: str, log=print):
-        self.workdir, self.name, self.key, self.log = workdir, f"{name}-progress", key, log
+    def __init__(self, workdir: Path | None, name: str, key: str):
+        self.workdir, self.name, self.key = workdir, f"{name}-progress", key
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, if there is one for this fingerprint; a stale one (other supernet/options) is removed."""
         if self.workdir is None:
             return None
-        state = load_latest_checkpoint(self.workdir, self.name, warn=self.log)
+        state = load_latest_checkpoint(self.workdir, self.name)
         if state is None:
             return None
         if state.get("fingerprint") != self.key:
-            self.log(f"  discarding {self.name} in {self.workdir}: made for another supernet, options or seed")
+            log.info(f"  discarding {self.name} in {self.workdir}: made for another supernet, options or seed")
             self.clear()
             return None
         return state

@@ -12,38 +12,38 @@ which ops the supernet favours.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from ..config import check_rules
 from ..data import derive_seed
-from ..search.rsps import sample_path
-from .base import Cost, Selection, Selector, check_rules, register
-from .evaluator import EVALUATORS, check_bn_mode, make_evaluator, take_batches
+from ..scoring.cost import Cost
+from ..scoring.evaluator import EvaluatorOptions, take_batches
+from ..spaces.sampling import sample_path
+from .base import Selection, Selector, register
+
+log = logging.getLogger(__name__)
 
 SEED_SALT = 0x5A7
 
 
 @dataclass
-class RandomPathsOptions:
+class RandomPathsOptions(EvaluatorOptions):
     samples: int = 200                # distinct paths evaluated (GM-NAS: 200; NAS-Bench-201's RSPS: 100)
     connected: bool = True            # redraw paths with no route from input to output avoiding `none` (GM-NAS)
     valid_batches: int | None = 4     # scoring batches of the search-valid split (paper: all of it, null)
-    bn: str = "train"                 # BN while scoring: train (batch statistics, as RSPS' untracked BN) | eval
     max_draws: int = 50               # give up after samples x max_draws draws (a tiny space has few paths)
-    cache_mb: float = 1024.0          # memory for cached layer states (see evaluator.py)
-    evaluator: str = "efficient"      # efficient | naive
 
     def check(self, prefix: str) -> None:
         rules = [
             (self.samples >= 1, "samples", "at least 1"),
             (self.valid_batches is None or self.valid_batches >= 1, "valid_batches", "at least 1 (or null: all)"),
             (self.max_draws >= 1, "max_draws", "at least 1"),
-            (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}"),
-            (self.cache_mb >= 0, "cache_mb", ">= 0"),
         ]
+        self.check_evaluator(prefix)
         check_rules(self, prefix, rules)
-        check_bn_mode(self.bn, f"{prefix}.bn")
 
 
 @register("random-paths")
@@ -54,13 +54,10 @@ class RandomPaths(Selector):
     def run(self, ctx) -> Selection:
         opts, net = self.options, ctx.supernet
         cost = Cost()
-        evaluate = make_evaluator(opts.evaluator, net, take_batches(ctx.valid, opts.valid_batches), bn=opts.bn,
-                                  cost=cost, cache_mb=opts.cache_mb)
-        tried = []  # (accuracy, loss, one-hot weights)
-        for weights in self._distinct_paths(ctx):
-            outcome = evaluate(weights)
-            tried.append((outcome.accuracy, outcome.loss, weights))
-        ctx.log(f"  random-paths: {len(tried)} distinct paths, accuracy {min(t[0] for t in tried):.3f} to "
+        evaluate = opts.make_evaluator(net, take_batches(ctx.valid, opts.valid_batches), cost)
+        paths = list(self._distinct_paths(ctx))
+        tried = [(o.accuracy, o.loss, w) for o, w in zip(evaluate.many(paths), paths)]  # (accuracy, loss, weights)
+        log.info(f"  random-paths: {len(tried)} distinct paths, accuracy {min(t[0] for t in tried):.3f} to "
                 f"{max(t[0] for t in tried):.3f}")
         best = max(range(len(tried)), key=lambda i: (tried[i][0], -tried[i][1], -i))  # ties: lower loss, then first
         masks = {ct: net.mask(ct) for ct in net.cell_types}

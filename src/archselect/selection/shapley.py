@@ -1,212 +1,20 @@
-"""Shapley-NAS (Xiao et al., CVPR 2022) as a selector: the Shapley value of each candidate op on the supernet.
+"""Shapley-NAS (Xiao et al., CVPR 2022) as a selector: each edge keeps the op with the largest estimated Shapley value.
 
-Players are the enabled (cell type, edge, op) triples. The value of a coalition S is the supernet's validation accuracy
-(a fraction) when the mixing weights of every op outside S are set to 0, the others keeping softmax(α), with no
-renormalisation. It is estimated by Monte-Carlo permutation sampling in "removal" order, as the official code does:
-start from the full supernet, remove the players of a random permutation one at a time (cumulatively); a player's
-marginal contribution is the accuracy before its removal minus the accuracy after. A permutation is truncated once
-the accuracy falls below `threshold` x the full accuracy; the players it did not reach get 0 for that permutation.
-
-Each permutation is scored on a fresh batch (official: 1024 images from the validation half), or on a fixed set of
-batches with `fixed_valid`. The estimate is the mean over permutations (the paper's estimator) or, with
-`estimate: mean-std`, the mean minus the population standard deviation (what the official code computes).
+The game, its players and the Monte-Carlo estimate live in scoring/shapley.py (the search optimizer of the same name
+uses them too); this module adds resumable progress and the derivation.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from itertools import combinations
-from typing import Callable, Hashable, Sequence
-
+import logging
 import torch
 
-from .. import distributed
-from ..data import Loader, derive_seed
 from ..environment import rng_state, set_rng_state
-from ..supernet import Supernet
-from .base import Cost, Selection, Selector, check_rules, as_lists, register
-from .evaluator import EVALUATORS, check_bn_mode, make_evaluator, rebatch, take_batches
+from ..scoring.cost import Cost
+from ..scoring.shapley import Permutation, ShapleyOptions, batch_source, estimate
+from .base import Selection, Selector, as_lists, register
 from .progress import Progress, fingerprint
-from .workers import Workers
 
-Player = tuple[str, int, int]  # (cell type, edge, op index)
-ESTIMATES = ("mean", "mean-std")
-
-
-@dataclass
-class ShapleyOptions:
-    permutations: int = 10        # Monte-Carlo permutations (paper: 10)
-    threshold: float = 0.5        # truncate once accuracy < threshold x full accuracy (paper: 0.5; 0: never)
-    batch_size: int = 256         # images per batch (paper: 1024; 256 keeps a CPU select call short)
-    batches: int = 1              # batches per permutation (paper: 1)
-    fixed_valid: bool = False     # score every permutation on the same first batches (paper: a fresh batch each)
-    estimate: str = "mean"        # mean (paper) | mean-std (the official code)
-    bn: str = "train"             # BN during scoring: train (batch statistics, running stats untouched) | eval
-    cache_mb: float = 1024.0      # memory for cached layer states (see evaluator.py)
-    evaluator: str = "efficient"  # efficient | naive (recompute everything; for checks and benchmarks)
-    stack: int = 1                # coalitions per pass, stacked along the batch (for GPUs; see stacking.py)
-
-    def check(self, prefix: str) -> None:
-        rules = [(self.permutations >= 1, "permutations", "at least 1"),
-                 (self.batch_size >= 1, "batch_size", "at least 1"),
-                 (self.batches >= 1, "batches", "at least 1"), (self.cache_mb >= 0, "cache_mb", ">= 0"),
-                 (self.stack >= 1, "stack", "at least 1"),
-                 (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}"),
-                 (self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}")]
-        check_rules(self, prefix, rules)
-        check_bn_mode(self.bn, f"{prefix}.bn")
-
-
-# -- cooperative games ------------------------------------------------------------------------------------------------
-
-def exact_shapley(value_fn: Callable[[frozenset], float], players: Sequence[Hashable]) -> dict[Hashable, float]:
-    """Brute force over all 2^n coalitions: φ_i = Σ_{S ⊆ P∖{i}} |S|!(n−|S|−1)!/n! · (v(S∪{i}) − v(S))."""
-    n = len(players)
-    value = {frozenset(c): value_fn(frozenset(c)) for r in range(n + 1) for c in combinations(players, r)}
-    weight = [math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)]
-    return {i: sum(weight[len(S)] * (value[S | {i}] - v) for S, v in value.items() if i not in S) for i in players}
-
-
-@dataclass
-class Permutation:
-    contributions: list[float]  # per player; 0 for players the truncation did not reach
-    full: float                 # value of the grand coalition
-    removed: int                # players removed before truncation
-
-
-def removal_contributions(values: Callable[[list[list[bool]]], list[float]], n: int, order: Sequence[int],
-                          threshold: float, ahead: int = 1) -> Permutation:
-    """One permutation in removal order: values(coalitions) are the values with exactly the players flagged present.
-    `ahead` coalitions of the sequence are asked for at once (stacked in one pass): those past a truncation are
-    computed but not used, so the contributions are those of asking one at a time."""
-    sequence = [[True] * n]
-    for p in order:
-        sequence.append(sequence[-1].copy())
-        sequence[-1][p] = False
-    contributions = [0.0] * n
-    full, removed, start = None, 0, 0
-    while start < len(sequence):
-        for i, value in enumerate(values(sequence[start:start + ahead]), start):
-            if i == 0:
-                full = before = value
-                continue
-            contributions[order[i - 1]] = before - value
-            before, removed = value, removed + 1
-            if value < threshold * full:
-                return Permutation(contributions, full, removed)
-        start += ahead
-    return Permutation(contributions, full, removed)
-
-
-def permutation(n: int, seed: int, j: int) -> list[int]:
-    """Permutation j of n players: a pure function of (seed, j), so a resumed estimate draws the same ones."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 0x5A, j))).tolist()
-
-
-# -- the supernet game ------------------------------------------------------------------------------------------------
-
-def players_of(supernet: Supernet) -> list[Player]:
-    return [(ct, e, k) for ct in supernet.cell_types for e, k in supernet.mask(ct).nonzero().tolist()]
-
-
-def without(base: dict[str, torch.Tensor], players: Sequence[Player],
-            present: Sequence[bool]) -> dict[str, torch.Tensor]:
-    """Mixing weights with every absent player's weight set to 0 (no renormalisation)."""
-    w = {ct: t.clone() for ct, t in base.items()}
-    for (ct, e, k), keep in zip(players, present):
-        if not keep:
-            w[ct][e, k] = 0.0
-    return w
-
-
-@dataclass
-class ShapleyEstimate:
-    players: list[Player]
-    contributions: torch.Tensor  # permutations x players (float64)
-    full: list[float]            # full-supernet accuracy per permutation
-    removed: list[int]           # players removed per permutation before truncation
-
-    def values(self, estimate: str = "mean") -> torch.Tensor:
-        mean = self.contributions.mean(0)
-        # mean − std uses the population std (numpy's default in the official code)
-        return mean - self.contributions.std(0, unbiased=False) if estimate == "mean-std" else mean
-
-    def stderr(self) -> torch.Tensor | None:
-        m = self.contributions.shape[0]
-        return self.contributions.std(0, unbiased=True) / math.sqrt(m) if m > 1 else None
-
-    def matrices(self, supernet: Supernet, per_player: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per cell type, edges x ops; ops that are not players (disabled) get 0."""
-        out = {ct: torch.zeros(len(supernet.edges[ct]), len(supernet.op_names), dtype=torch.float64)
-               for ct in supernet.cell_types}
-        for (ct, e, k), v in zip(self.players, per_player.tolist()):
-            out[ct][e, k] = v
-        return out
-
-
-def batch_source(valid: Loader, opts: ShapleyOptions, seed: int) -> Loader:
-    """The images of `valid` in batches of `opts.batch_size`: a seeded shuffled stream (fresh batches per permutation)
-    or, with `fixed_valid`, the split in storage order."""
-    fixed = opts.fixed_valid
-    return rebatch(valid, opts.batch_size, seed=derive_seed(seed, 0x5B), shuffle=not fixed, drop_last=not fixed)
-
-
-def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, list | None]]
-                       ) -> list[tuple[Permutation, Cost]]:
-    """Permutations `items` = [(j, its batches, or None for the game's fixed batches)] of `game` (players, base
-    weights, options, seed), each with its own evaluator and Cost: a permutation's contributions and its count of
-    forward passes depend on (seed, j) and its batches alone, however the permutations are shared out or resumed."""
-    players, base, opts = game["players"], game["base"], game["opts"]
-    out = []
-    for j, batches in items:
-        cost = Cost()
-        ev = make_evaluator(opts.evaluator, supernet, game["batches"] if batches is None else batches, bn=opts.bn,
-                            cost=cost, cache_mb=opts.cache_mb, stack=opts.stack)
-
-        def values(coalitions: list[list[bool]]) -> list[float]:
-            return [o.accuracy for o in ev.many([without(base, players, present) for present in coalitions])]
-
-        order = permutation(len(players), game["seed"], j)
-        out.append((removal_contributions(values, len(players), order, opts.threshold, ev.stack), cost))
-    return out
-
-
-def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int, cost: Cost,
-             done: Sequence[Permutation] = (), after: Callable[[list[Permutation]], None] | None = None,
-             workers: Workers | None = None, space=None) -> ShapleyEstimate:
-    """Monte-Carlo Shapley values of `supernet`'s enabled ops on batches of `source` (see `batch_source`). `done` are
-    permutations already scored (a resume). With `workers` (and the `space` that rebuilds the supernet on them) the
-    rest are scored in rounds of one permutation per worker, `after(all so far)` called after each round (a
-    checkpoint); without, in one round shared out over the ranks under torchrun (the search mode: every rank runs
-    this). Either way the rows, and the passes added to `cost`, are those of one process scoring them in turn."""
-    players = players_of(supernet)
-    game = {"players": players, "base": supernet.mixing_weights(detach=True), "opts": opts, "seed": seed,
-            "batches": take_batches(source, opts.batches) if opts.fixed_valid else None}
-
-    def item(j: int) -> tuple[int, list | None]:
-        return j, None if opts.fixed_valid else _fresh_batches(source, j, opts.batches)
-
-    rows = list(done)
-    per_round = workers.count if workers is not None else opts.permutations
-    while len(rows) < opts.permutations:
-        js = range(len(rows), min(len(rows) + per_round, opts.permutations))
-        if workers is None:
-            scored = distributed.rank_map(lambda j: score_permutations(supernet, game, [item(j)])[0], list(js))
-        else:
-            scored = workers.map(score_permutations, [item(j) for j in js], supernet, space, game)
-        for row, spent in scored:
-            rows.append(row)
-            cost.add(spent)
-        if after is not None:
-            after(rows)
-    contributions = torch.tensor([r.contributions for r in rows], dtype=torch.float64).reshape(len(rows), len(players))
-    return ShapleyEstimate(players, contributions, [r.full for r in rows], [r.removed for r in rows])
-
-
-def _fresh_batches(source: Loader, j: int, count: int):
-    """Batches j·count … (j+1)·count − 1 of the shuffled stream, epoch after epoch: new images per permutation."""
-    n = len(source)
-    return [source.batch(g // n, g % n) for g in range(j * count, (j + 1) * count)]
+log = logging.getLogger(__name__)
 
 
 # -- the selector -----------------------------------------------------------------------------------------------------
@@ -221,7 +29,7 @@ class ShapleySelector(Selector):
 
     def run(self, ctx) -> Selection:
         o, net = self.options, ctx.supernet
-        progress = Progress(ctx.workdir, self.name, fingerprint(net, o, ctx.seed), ctx.log)
+        progress = Progress(ctx.workdir, self.name, fingerprint(net, o, ctx.seed))
         saved = progress.load()
         cost, done = Cost(), []
         if saved is not None:
@@ -229,10 +37,10 @@ class ShapleySelector(Selector):
             done = [Permutation(c, f, r) for c, f, r in
                     zip(saved["contributions"].tolist(), saved["full"], saved["removed"])]
             set_rng_state(saved["rng"])
-            ctx.log(f"  resuming {self.name} after {len(done)} of {o.permutations} permutations")
+            log.info(f"  resuming {self.name} after {len(done)} of {o.permutations} permutations")
 
         def checkpoint(rows: list[Permutation]) -> None:
-            ctx.log(f"  permutation {len(rows)}/{o.permutations}: full accuracy {rows[-1].full:.3f}, "
+            log.info(f"  permutation {len(rows)}/{o.permutations}: full accuracy {rows[-1].full:.3f}, "
                     f"{rows[-1].removed} players removed")
             contributions = torch.tensor([r.contributions for r in rows], dtype=torch.float64)
             progress.save(len(rows), {"contributions": contributions, "full": [r.full for r in rows],

@@ -1,52 +1,60 @@
-"""The selection stage: load a finished search's supernet, run selectors on it, write one Selection each and a
-comparison (chosen architectures, agreement per edge, benchmark metrics, cost) into the run directory."""
+"""The selection stage on one run directory: load its trained supernet, run selectors on it, write one Selection each
+and the comparison (chosen architectures, agreement per edge, benchmark metrics, cost)."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+import logging
 
 import torch
 
 from ..components import eval_loader, loaders, space_of, to_device
 from ..config import RunConfig
-from ..evaluate.lookup import benchmark_metrics
-from ..runs import RunDir, atomic_write_json
-from ..search.loop import load_supernet
+from ..environment import seed_everything
+from ..files import atomic_write_json, read_json
+from ..runs import RunDir
+from ..scoring.workers import Workers, open_workers
+from ..optimizers import OPTIMIZERS
 from . import SELECTORS
 from .base import Selection, SelectionContext
-from .workers import Workers, open_workers
+from .comparison import Comparison
+
+log = logging.getLogger(__name__)
 
 
-def build_context(cfg: RunConfig, run: RunDir, device: torch.device, log: Callable[[str], None]) -> SelectionContext:
+def build_context(cfg: RunConfig, run: RunDir, device: torch.device) -> SelectionContext:
+    """The data, space and trained supernet of RUN, as its search saw them."""
     data = loaders(cfg, device)
     space = space_of(cfg, data.in_channels, data.num_classes)
     supernet = to_device(space.supernet(), device, cfg.search.channels_last)
-    load_supernet(run, supernet)
+    supernet.load_state_dict(run.load_supernet())
     valid = eval_loader(cfg, data.valid.ds, device)
-    return SelectionContext(space, supernet, valid, data.train, device, cfg.seed, run.file("selections"), log,
-                            search=cfg.search)
+    optimizer = OPTIMIZERS.get(cfg.search.optimizer) if cfg.search.optimizer in OPTIMIZERS else None
+    return SelectionContext(space, supernet, valid, data.train, device, cfg.seed, run.selections_dir, search=cfg.search,
+                            optimizer=optimizer)
 
 
 def run_selectors(cfg: RunConfig, run: RunDir, names: list[str], device: torch.device,
-                  log: Callable[[str], None] = print, workers: Workers | None = None) -> dict[str, Selection]:
-    """The selectors `names` on RUN's supernet, each Selection written to RUN/selections/. Independent evaluations run
-    on `workers`, or on those `select.workers` and `select.executor` ask for."""
+                  workers: Workers | None = None) -> dict[str, Selection]:
+    """The selectors `names` on RUN's supernet, each from a freshly seeded RNG (so its result never depends on which
+    ran before it), each Selection written to RUN/selections/. Independent evaluations run on `workers`, or on those
+    `select.workers` and `select.executor` ask for."""
     classes = [SELECTORS.get(n) for n in names]  # fail on an unknown name before any work
     selectors = [cls(cfg.select.options.get(n)) for cls, n in zip(classes, names)]
     if workers is None:
         with open_workers(cfg.select.workers, cfg.select.executor, device=device) as opened:
-            return run_selectors(cfg, run, names, device, log, opened)
-    ctx = build_context(cfg, run, device, log)
+            return run_selectors(cfg, run, names, device, opened)
+    ctx = build_context(cfg, run, device)
     ctx.workers = workers
     reference = copy.deepcopy(ctx.supernet.state_dict())
     results = {}
     for selector in selectors:
-        log(f"selecting with {selector.name} ...")
+        log.info(f"selecting with {selector.name} ...")
+        seed_everything(cfg.seed)
         selection = selector.select(ctx)
         _assert_unchanged(ctx.supernet, reference, selector.name)
-        atomic_write_json(run.file("selections", f"{selector.name}.json"), selection.to_dict())
-        log(f"  {selector.name}: {selection.architecture}  ({selection.cost.forward} forward passes, "
-            f"{selection.cost.seconds:.1f}s)")
+        atomic_write_json(run.selection_file(selector.name), selection.to_dict())
+        log.info(f"  {selector.name}: {selection.architecture}  ({selection.cost.forward} forward passes, "
+                 f"{selection.cost.seconds:.1f}s)")
         results[selector.name] = selection
     write_comparison(cfg, run, load_selections(run))
     return results
@@ -59,42 +67,27 @@ def _assert_unchanged(supernet, reference: dict[str, torch.Tensor], name: str) -
 
 
 def load_selections(run: RunDir) -> dict[str, Selection]:
-    from ..runs import read_json
-
+    """Every selection RUN holds, by selector name (files of registered selectors only)."""
     out = {}
-    for path in sorted(run.file("selections").glob("*.json")):
+    for path in run.selection_files():
         d = read_json(path, "selection")
-        if isinstance(d, dict) and "selector" in d:
+        if isinstance(d, dict) and d.get("selector") in SELECTORS and path.stem == d["selector"]:
             out[d["selector"]] = Selection.from_dict(d)
     return out
 
 
-def agreement(selections: dict[str, Selection]) -> dict[str, Any]:
-    """Per cell type and edge: the op each selector chose, and whether they all agree."""
-    per_edge: dict[str, list[dict[str, Any]]] = {}
-    names = list(selections)
-    if not names:
-        return per_edge
-    first = selections[names[0]].architecture
-    for ct in first.cell_types:
-        rows = []
-        edges = sorted({(e.src, e.dst) for s in selections.values() for e in s.architecture.cell(ct).edges},
-                       key=lambda e: (e[1], e[0]))
-        for src, dst in edges:
-            chosen = {n: selections[n].architecture.cell(ct).op_on(src, dst) for n in names}
-            rows.append({"edge": f"{src}->{dst}", "chosen": chosen, "agree": len(set(chosen.values())) == 1})
-        per_edge[ct] = rows
-    return per_edge
+def selection_done(run: RunDir, name: str) -> bool:
+    """A selection file that parses as a Selection of this selector (a damaged one is redone)."""
+    path = run.selection_file(name)
+    if not path.is_file():
+        return False
+    try:
+        return Selection.from_dict(read_json(path, "selection")).selector == name
+    except Exception:  # any damage (JSON, missing keys, wrong types) means: compute it again
+        return False
 
 
-def write_comparison(cfg: RunConfig, run: RunDir, selections: dict[str, Selection]) -> dict[str, Any]:
-    comparison = {
-        "selectors": {
-            n: {"architecture": str(s.architecture), "cost": vars(s.cost),
-                "benchmark": benchmark_metrics(s.architecture, cfg.benchmark)}
-            for n, s in selections.items()
-        },
-        "agreement": agreement(selections),
-    }
-    atomic_write_json(run.file("comparison.json"), comparison)
+def write_comparison(cfg: RunConfig, run: RunDir, selections: dict[str, Selection]) -> Comparison:
+    comparison = Comparison(selections, cfg.benchmark)
+    atomic_write_json(run.comparison_file, comparison.to_dict())
     return comparison

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..supernet import Supernet
-from .evaluator import Outcome
+from ..scoring.evaluator import Outcome
 
 Weights = dict[str, torch.Tensor]
 

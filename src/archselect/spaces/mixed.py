@@ -106,7 +106,7 @@ def term_order(edge: MixedEdge, plan: EdgePlan) -> list[tuple[int, Weight]]:
 
 # A cell computes the terms of a node's outgoing edges through a `Fan`: fan(src, x, relu_x, [(edge index, edge,
 # plan)]) -> terms per edge, as `fan_out` (the default, `plain_fan`). The selection evaluator passes one that
-# remembers op outputs across evaluations (selection/evaluator.py).
+# remembers op outputs across evaluations (scoring/evaluator.py).
 Fan = Callable[[int, torch.Tensor, Callable[[], torch.Tensor], Sequence[tuple[int, MixedEdge, EdgePlan]]],
                list[Terms]]
 

@@ -22,7 +22,7 @@ OPS: Registry = Registry("operation")
 
 # -- batch norm, per weight setting when several are stacked along the batch -------------------------------------
 
-# The selection evaluator may stack S weight settings of one supernet along the batch (selection/stacking.py): each
+# The selection evaluator may stack S weight settings of one supernet along the batch (scoring/stacking.py): each
 # must then be normalised by its own batch statistics, over its own S-th of the batch, as if it ran alone.
 STACKED: ContextVar[int] = ContextVar("stacked_settings", default=1)
 

@@ -22,6 +22,7 @@ import torch
 from .. import distributed
 from ..environment import keep_freed_memory, set_deterministic
 from ..executors import interleave, make_executor, split_map
+from ..ranks import RankExecutor
 from ..supernet import Supernet
 
 Task = Callable[[Supernet, Any, list[Any]], list[Any]]
@@ -133,7 +134,6 @@ def launch_workers(count: int = 1, executor: str = "sequential", address: str | 
         with open_workers(count, executor, address, device) as workers:
             yield workers
         return
-    from ..ranks import RankExecutor
 
     with RankExecutor() as ex:
         yield Workers(ex.world, ex)

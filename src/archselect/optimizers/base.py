@@ -39,11 +39,17 @@ class SearchOptimizer:
     Subclasses implement `arch_step` (or leave α alone)."""
 
     Options: type = NoOptions
+    # Capabilities, read by the stages that come after the search (never a table of optimizer names):
+    trains_alpha = True               # moves α; when False, α's magnitudes are its initial values
+    alpha_by_gradient = False         # moves α by DARTS gradient steps (DARTS-PT keeps stepping α while fine-tuning)
+    recommended_selectors: tuple[str, ...] = ()  # where α is untrained: the selectors that fit this optimizer
+
 
     def __init__(self, supernet: Supernet, cfg: SearchConfig, steps_per_epoch: int):
         self.supernet, self.cfg = supernet, cfg
         self.options = build(self.Options, cfg.options, "search.options")
         self.steps_per_epoch = steps_per_epoch
+        self.alpha_frozen = False  # freeze_alpha(): weights only (few-shot warm-up)
         self.w_optimizer = torch.optim.SGD(supernet.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                            weight_decay=cfg.w_weight_decay, nesterov=cfg.w_nesterov)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(cfg.epochs, 1),
@@ -57,7 +63,7 @@ class SearchOptimizer:
             if isinstance(opt, torch.optim.Optimizer) and opt is not self.w_optimizer:
                 distributed.sync_optimizer_gradients(opt)
         with self.autocast():
-            out = self.arch_step(valid, epoch) or {}
+            out = {} if self.alpha_frozen else (self.arch_step(valid, epoch) or {})
             out.update(self.weight_step(train))
         return out
 
@@ -69,6 +75,10 @@ class SearchOptimizer:
 
     def arch_step(self, valid, epoch: int) -> dict[str, float] | None:
         return None
+
+    def freeze_alpha(self) -> None:
+        """Train the weights only from now on (not checkpointed: whoever freezes does so after every restore)."""
+        self.alpha_frozen = True
 
     def start_epoch(self, epoch: int, valid) -> dict[str, float] | None:
         """Called by the loop before the first step of each epoch with the search-valid loader (Shapley-NAS

@@ -15,6 +15,8 @@ from .base import OPTIMIZERS, SearchOptimizer, accuracy
 
 @OPTIMIZERS.register("darts")
 class DartsFirstOrder(SearchOptimizer):
+    alpha_by_gradient = True
+
     def __init__(self, supernet, cfg, steps_per_epoch):
         super().__init__(supernet, cfg, steps_per_epoch)
         self.a_optimizer = torch.optim.Adam(supernet.arch_parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),

@@ -20,6 +20,8 @@ class FixedAlphaOptions:
 @OPTIMIZERS.register("fixed-alpha")
 class FixedAlpha(SearchOptimizer):
     Options = FixedAlphaOptions
+    trains_alpha = False
+    recommended_selectors = ("perturbation", "shapley")
 
     def __init__(self, supernet, cfg, steps_per_epoch):
         super().__init__(supernet, cfg, steps_per_epoch)

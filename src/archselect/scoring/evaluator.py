@@ -29,13 +29,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import check_rules
 from ..data import Loader
 from ..errors import UserError
 from ..spaces.mixed import Terms
 from ..spaces.ops import stacked
 from ..supernet import Plan, Supernet
 from . import stacking
-from .base import Cost
+from .cost import Cost
 from .stacking import StackedFan
 
 BN_MODES = ("train", "eval")
@@ -391,3 +392,23 @@ def make_evaluator(kind: str, supernet: Supernet, batches: Sequence[Batch], *, b
     if kind not in EVALUATORS:
         raise UserError(f"evaluator: choose one of {', '.join(EVALUATORS)}, got {kind!r}")
     return EVALUATORS[kind](supernet, batches, bn=bn, cost=cost, cache_mb=cache_mb, stack=stack)
+
+
+@dataclass
+class EvaluatorOptions:
+    """How the settings a selector scores are evaluated: the same keys for every selector that evaluates (perturbation,
+    Shapley, random paths); each adds its own options to these."""
+
+    bn: str = "train"             # BN while scoring: train (batch statistics, running stats untouched) | eval
+    cache_mb: float = 1024.0      # memory for cached layer states (see scoring/evaluator.py)
+    evaluator: str = "efficient"  # efficient | naive (recompute everything; for checks and benchmarks)
+    stack: int = 1                # settings per pass, stacked along the batch (for GPUs; see scoring/stacking.py)
+
+    def check_evaluator(self, prefix: str) -> None:
+        check_rules(self, prefix, [(self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}"),
+                                   (self.cache_mb >= 0, "cache_mb", ">= 0"), (self.stack >= 1, "stack", "at least 1")])
+        check_bn_mode(self.bn, f"{prefix}.bn")
+
+    def make_evaluator(self, supernet: Supernet, batches: Sequence[Batch], cost: Cost) -> MaskedEvaluator:
+        return make_evaluator(self.evaluator, supernet, batches, bn=self.bn, cost=cost, cache_mb=self.cache_mb,
+                              stack=self.stack)

@@ -14,10 +14,20 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..version import __version__
+from ..bench.aggregate import write_tables
+from ..bench.config import load_bench_config
+from ..bench.document import Code, Heading, Para, Table, bench_document, fmt, results_markdown
+from ..bench.matrix import cell_dir, cell_done, groups, read_diagnostics, selection_path
+from ..bench.published import published_for
+from ..components import space_of
 from ..errors import UserError
-from ..runs import RunDir, atomic_write_bytes, read_json
-
-REPORT_DIR = "report"
+from ..evaluate.lookup import benchmark_metrics
+from ..files import atomic_write_bytes, read_json
+from ..runs import BenchDir, RunDir
+from ..selection.base import Selection
+from ..selection.stage import load_selections
+from . import figures, plots
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d2733; background: #f6f7f9;
@@ -77,8 +87,6 @@ def _is_number(text: str) -> bool:
 
 
 def table_html(block) -> str:
-    from ..bench.document import Code
-
     def cell(c: Any) -> str:
         if isinstance(c, Code):
             return f"<td><code>{esc(c)}</code></td>"
@@ -91,8 +99,6 @@ def table_html(block) -> str:
 
 
 def blocks_html(blocks: Sequence) -> str:
-    from ..bench.document import Heading, Para
-
     out = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -114,8 +120,6 @@ def page(title: str, body: str) -> str:
 
 def _sections(blocks: Sequence) -> list[tuple[str, list]]:
     """Split the document body at its level-2 headings: [(heading text, blocks)]."""
-    from ..bench.document import Heading
-
     out: list[tuple[str, list]] = []
     for b in blocks:
         if isinstance(b, Heading) and b.level == 2:
@@ -144,9 +148,6 @@ def _over_epochs(cells_groups: dict[str, RunDir]) -> dict[str, dict[str, list[tu
 
 
 def diagnostics_figures(groups: dict[str, RunDir], agreement: list[dict], selectors: list[str]) -> str:
-    from ..bench import figures
-    from ..bench.matrix import read_diagnostics
-
     parts = []
     series = _over_epochs(groups)
     titles = {"hessian_eig": "largest eigenvalue of ∇²_α L_val", "search_valid_acc": "search-validation accuracy (%)"}
@@ -170,11 +171,8 @@ def diagnostics_figures(groups: dict[str, RunDir], agreement: list[dict], select
 
 def run_figures(cfg, metrics: list[dict], selections: dict, captions: dict[str, str] | None = None,
                 engine: str = "auto") -> list[str]:
-    """α trajectories and score heatmaps per cell type, then one cell diagram per selection (report/plots.py; engine:
+    """α trajectories and score heatmaps per cell type, then one cell diagram per selection (reporting/plots.py; engine:
     auto, dot or matplotlib), as embedded <figure>s; `captions` names each selector's cell diagram."""
-    from ..components import space_of
-    from . import plots
-
     space = space_of(cfg, 3, 10)  # channels and classes change neither the edges nor the ops
     ops, parts = tuple(space.op_names), []
     alpha = [m for m in metrics if isinstance(m.get("alpha"), dict)]
@@ -200,20 +198,15 @@ def run_figures(cfg, metrics: list[dict], selections: dict, captions: dict[str, 
 def group_section(gid: str, run: RunDir, selectors: list[str], cells: list[dict], open_: bool,
                   engine: str = "auto") -> str:
     """α trajectories, score heatmaps and derived cells of one supernet group, in a collapsible block."""
-    from ..bench.document import fmt
-    from ..bench.matrix import cell_dir, is_split, selection_done, selection_path
-    from ..config import load_config
-    from ..selection.base import Selection
-
     sels = {name: Selection.from_dict(read_json(selection_path(run, name), "selection"))
-            for name in selectors if selection_done(run, name)}
+            for name in selectors if cell_done(run, name)}
     first = next(iter(sels), None)
     source = cell_dir(run, first) if first else run  # a split group: the sub-supernet chosen for the first selector
     acc = {n: next((c["cifar10_test"] for c in cells if c["group"] == gid and c["selector"] == n), math.nan)
            for n in sels}
     captions = {n: f"NB201 C10 test {fmt(acc[n])}" for n in sels}
-    parts = run_figures(load_config(run.file("config.yaml")), source.read_metrics(), sels, captions, engine)
-    if is_split(run) and first:
+    parts = run_figures(run.read_config(), source.read_metrics(), sels, captions, engine)
+    if run.is_split() and first:
         parts.insert(0, f'<p class="note">α trajectories: sub-supernet {esc(source.path.name)}, the one chosen for '
                         f"{esc(first)}.</p>")
     summary = " · ".join(f"{n}: {fmt(a)}" for n, a in acc.items())
@@ -222,13 +215,8 @@ def group_section(gid: str, run: RunDir, selectors: list[str], cells: list[dict]
 
 
 def bench_html(cfg, out: Path, tables: dict[str, Any], engine: str = "auto") -> str:
-    from ..bench import figures
-    from ..bench.document import bench_document
-    from ..bench.matrix import RUNS_DIR, groups
-    from ..bench.published import published_for
-
     head, body = bench_document(cfg, tables)
-    runs = {g.id: RunDir(Path(out, RUNS_DIR, g.id)) for g in groups(cfg)}
+    runs = {g.id: BenchDir(out).group(g.id) for g in groups(cfg)}
     runs = {gid: r for gid, r in runs.items() if r.exists()}
     sections = _sections(body)
     nav = "".join(f'<a href="#{_anchor(t)}">{esc(t.split(" (")[0])}</a>' for t, _ in sections if t)
@@ -253,34 +241,20 @@ def bench_html(cfg, out: Path, tables: dict[str, Any], engine: str = "auto") -> 
         parts += [group_section(gid, run, list(cfg.selectors), cells, i == 0, engine)
                   for i, (gid, run) in enumerate(runs.items())]
         parts.append("</section>")
-    from .. import __version__
-
     parts.append(f"<footer>archselect {esc(__version__)} · {esc(out)} · {time.strftime('%Y-%m-%d %H:%M')}</footer>")
     return page(f"archselect bench: {cfg.name}", "\n".join(parts))
 
 
-def is_bench(path: Path) -> bool:
-    from ..bench.matrix import BENCH_FILE
-
-    return Path(path, BENCH_FILE).is_file()
-
-
 def write_bench_report(out: str | Path, engine: str = "auto") -> Path:
     """Re-aggregate the bench in `out` from disk and write report/index.html and report/results.md."""
-    from ..bench.aggregate import write_tables
-    from ..bench.config import load_bench_config
-    from ..bench.document import results_markdown
-    from ..bench.matrix import BENCH_FILE
-
-    out = Path(out)
-    if not is_bench(out):
-        raise UserError(f"{out} is not a bench directory (no {BENCH_FILE})")
-    cfg = load_bench_config(out / BENCH_FILE)
-    tables = write_tables(cfg, out)
-    target = out / REPORT_DIR / "index.html"
-    atomic_write_bytes(target, bench_html(cfg, out, tables, engine).encode())
-    atomic_write_bytes(out / REPORT_DIR / "results.md", results_markdown(cfg, tables).encode())
-    return target
+    bench = BenchDir(out)
+    if not bench.exists():
+        raise UserError(f"{out} is not a bench directory (no {bench.bench_file.name})")
+    cfg = load_bench_config(bench.bench_file)
+    tables = write_tables(cfg, bench.path)
+    atomic_write_bytes(bench.report_page, bench_html(cfg, bench.path, tables, engine).encode())
+    atomic_write_bytes(bench.report_results_md, results_markdown(cfg, tables).encode())
+    return bench.report_page
 
 
 # -- one run directory -------------------------------------------------------------------------------------------------
@@ -288,13 +262,7 @@ def write_bench_report(out: str | Path, engine: str = "auto") -> Path:
 def run_html(run: RunDir, engine: str = "auto") -> str:
     """The page of one search run: its selections with benchmark numbers and cost, the figures of plots.py, and the
     per-epoch diagnostics."""
-    from ..bench import figures
-    from ..bench.document import Code, Heading, Para, Table, fmt
-    from ..config import load_config
-    from ..evaluate.lookup import benchmark_metrics
-    from ..selection.stage import load_selections
-
-    cfg = load_config(run.file("config.yaml"))
+    cfg = run.read_config()
     metrics, selections = run.read_metrics(), load_selections(run)
     rows = []
     for name, sel in selections.items():
@@ -324,6 +292,5 @@ def write_run_report(path: str | Path, engine: str = "auto") -> Path:
     run = RunDir(path)
     if not run.exists():
         raise UserError(f"{path} is neither a run directory (no config.yaml) nor a bench directory")
-    target = run.file(REPORT_DIR, "index.html")
-    atomic_write_bytes(target, run_html(run, engine).encode())
-    return target
+    atomic_write_bytes(run.report_page, run_html(run, engine).encode())
+    return run.report_page

@@ -1,6 +1,6 @@
 """The bench report's own figures (PNG bytes): accuracy by method, diagnostics over epochs (α-Hessian eigenvalue,
 search-validation accuracy), supernet-vs-benchmark scatter, selector agreement. Per-run figures (α trajectories, score
-heatmaps, cell diagrams) come from report/plots.py.
+heatmaps, cell diagrams) come from reporting/plots.py.
 
 Like plots.py, figures are built on matplotlib's object-oriented API (never pyplot), so writing a report leaves a
 caller's backend and global state alone; matplotlib is the optional `plots` extra.
@@ -11,7 +11,7 @@ import math
 from typing import Any, Sequence
 
 from ..errors import UserError
-from ..report.plots import PALETTE, png_bytes
+from .plots import PALETTE, png_bytes
 
 
 def new_figure(width: float, height: float):

@@ -3,12 +3,16 @@
 
 Resuming restores the supernet, the optimizers, the schedule, the RNG states and the position (epoch, step); batch k
 of epoch e is a pure function of (seed, e, k), so a resumed run sees exactly the batches an uninterrupted one would.
+
+Hooks extend the loop without changing it: each `EpochHook` is called after every epoch's evaluation and may add
+entries to the epoch's metrics record (R-DARTS' Hessian eigenvalue is one, on when `search.hessian_eig` is set).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,27 +23,18 @@ from ..components import loaders, space_of, to_device
 from ..config import RunConfig
 from ..environment import rng_state, set_rng_state
 from ..errors import UserError
-from ..runs import RunDir, load_latest_checkpoint, save_checkpoint
+from ..evaluate.diagnostics import hessian_record
+from ..evaluate.metrics import loss_and_accuracy
+from ..files import load_latest_checkpoint, save_checkpoint
+from ..runs import SEARCH_CHECKPOINT, RunDir
 from . import OPTIMIZERS
 
-CHECKPOINT = "search"
+log = logging.getLogger(__name__)
+EpochHook = Callable[["SearchRun"], "dict[str, Any] | None"]
 
 
 class NumericalFault(UserError):
     """A NaN or inf appeared; the last good checkpoint is kept."""
-
-
-@torch.no_grad()
-def evaluate(model, loader, epoch: int = 0, weights=None) -> tuple[float, float]:
-    """Mean loss and accuracy over one pass of `loader`, eval-mode BN."""
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    for x, y in loader.epoch(epoch):
-        logits = model(x, weights) if weights is not None else model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += y.numel()
-    return total_loss / max(count, 1), correct / max(count, 1)
 
 
 def _check_finite(values: dict[str, float], supernet, epoch: int, step: int) -> None:
@@ -55,13 +50,29 @@ def _alpha_record(supernet) -> dict[str, list[list[float]]]:
     return {ct: w.cpu().tolist() for ct, w in supernet.mixing_weights(detach=True).items()}
 
 
-class SearchRun:
-    """Holds the pieces of one search so the loop reads as the algorithm."""
+def hessian_hook(search: "SearchRun") -> dict[str, Any] | None:
+    """R-DARTS' collapse signal: the largest eigenvalue of the α Hessian on the epoch's first validation batches."""
+    s = search.cfg.search
+    if not s.hessian_eig or not distributed.is_main():
+        return None
+    return hessian_record(search.supernet, search.data.valid, search.epoch, s.hessian_batches, s.hessian_iters,
+                          search.cfg.seed)
 
-    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, log: Callable[[str], None] = print):
+
+DEFAULT_HOOKS: tuple[EpochHook, ...] = (hessian_hook,)
+
+
+class SearchRun:
+    """Holds the pieces of one search so the loop reads as the algorithm. The optimizer's schedules span
+    `cfg.search.epochs`; the loop stops after epoch `until` (default: all of them; a few-shot node stops at its
+    split)."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, device: torch.device, *, until: int | None = None,
+                 hooks: Sequence[EpochHook] = DEFAULT_HOOKS):
         # Under torchrun every rank trains on its slice of each batch; only rank 0 logs and writes to `run`.
         self.cfg, self.run, self.device = cfg, run, device
-        self.log = log if distributed.is_main() else (lambda *_: None)
+        self.until = cfg.search.epochs if until is None else until
+        self.hooks = list(hooks)
         self.data = distributed.shard_data(loaders(cfg, device))
         self.space = space_of(cfg, self.data.in_channels, self.data.num_classes)
         self.supernet = to_device(self.space.supernet(), device, cfg.search.channels_last)
@@ -79,10 +90,10 @@ class SearchRun:
         if not distributed.is_main():
             return
         position = self.epoch * len(self.data.train) + self.step
-        save_checkpoint(self.run.checkpoints, CHECKPOINT, position, self.state())
+        save_checkpoint(self.run.checkpoints, SEARCH_CHECKPOINT, position, self.state())
 
     def restore(self) -> bool:
-        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, warn=self.log)
+        state = load_latest_checkpoint(self.run.checkpoints, SEARCH_CHECKPOINT)
         if state is None:
             return False
         self.supernet.load_state_dict(state["supernet"])
@@ -100,7 +111,7 @@ class SearchRun:
         cfg = self.cfg.search
         train, valid = self.data.train, self.data.valid
         distributed.sync_module(self.supernet)  # every rank starts from rank 0's (fresh or restored) supernet
-        while self.epoch < cfg.epochs:
+        while self.epoch < self.until:
             start_time = time.perf_counter() - self.meters.get("seconds", 0.0)
             bar = tqdm(total=len(train), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        leave=False, disable=None if distributed.is_main() else True, dynamic_ncols=True)
@@ -133,34 +144,31 @@ class SearchRun:
         self.optimizer.end_epoch(self.epoch)
         distributed.sync_module(self.supernet)  # rank 0's BN running statistics everywhere, before eval and save
         # Each rank evaluates its equal slice of every batch: the mean of the ranks' means is the full-batch mean.
-        valid_loss, valid_acc = evaluate(self.supernet, self.data.valid)
+        valid_loss, valid_acc = loss_and_accuracy(self.supernet, self.data.valid)
         valid = distributed.mean_over_ranks({"loss": valid_loss, "acc": valid_acc})
         valid_loss, valid_acc = valid["loss"], valid["acc"]
         _check_finite({"search_valid_loss": valid_loss}, self.supernet, self.epoch, self.step)
         record = {"epoch": self.epoch, "lr": lr, **means, "search_valid_loss": valid_loss,
                   "search_valid_acc": valid_acc, "seconds": seconds, "alpha": _alpha_record(self.supernet),
                   **self.epoch_start}
-        if self.cfg.search.hessian_eig and distributed.is_main():  # R-DARTS' collapse signal; off by default
-            from ..bench.diagnostics import hessian_record
-            s = self.cfg.search
-            record.update(hessian_record(self.supernet, self.data.valid, self.epoch, s.hessian_batches,
-                                         s.hessian_iters, self.cfg.seed))
+        for hook in self.hooks:
+            record.update(hook(self) or {})
         if distributed.is_main():
             self.run.append_metrics(record)
-        self.log(f"epoch {self.epoch + 1}/{self.cfg.search.epochs}  lr {lr:.4f}  "
-                 f"train loss {means.get('train_loss', float('nan')):.3f} acc {means.get('train_acc', float('nan')):.3f}"
-                 f"  valid loss {valid_loss:.3f} acc {valid_acc:.3f}  {seconds:.1f}s")
+        if distributed.is_main():
+            log.info(f"epoch {self.epoch + 1}/{self.cfg.search.epochs}  lr {lr:.4f}  "
+                     f"train loss {means.get('train_loss', float('nan')):.3f} "
+                     f"acc {means.get('train_acc', float('nan')):.3f}  valid loss {valid_loss:.3f} acc {valid_acc:.3f}"
+                     f"  {seconds:.1f}s")
         self.epoch, self.step, self.meters, self.epoch_start = self.epoch + 1, 0, {}, {}
         self.save()
 
 
-def save_supernet(run: RunDir, supernet) -> None:
-    """The trained supernet, alone, for the selection stage (safetensors + checksum via the checkpoint writer)."""
-    save_checkpoint(run.path, "supernet", 0, {"supernet": supernet.state_dict()})
-
-
-def load_supernet(run: RunDir, supernet) -> None:
-    state = load_latest_checkpoint(run.path, "supernet")
-    if state is None:
-        raise UserError(f"{run.path} has no trained supernet yet; finish (or --resume) its search first")
-    supernet.load_state_dict(state["supernet"])
+def train_supernet(search: SearchRun, resume: bool = True) -> None:
+    """Continue from the newest checkpoint (when resuming), train to the end and save the trained supernet (rank 0)
+    for the selection stage."""
+    if resume and search.restore():
+        log.info(f"resumed at epoch {search.epoch + 1}, step {search.step}")
+    search.train()
+    if distributed.is_main():
+        search.run.save_supernet(search.supernet.state_dict())

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..arch import Architecture, Cell
+from ..components import space_of
 from ..errors import UserError
-from ..runs import atomic_write_bytes
+from ..files import atomic_write_bytes
+from ..runs import open_run
+from ..selection.stage import load_selections
 
 ENGINES = ("auto", "dot", "matplotlib")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -297,8 +300,6 @@ def cell_diagram(arch: Architecture, op_names: Sequence[str], engine: str = "aut
 
 def _space_layout(cfg, shapes: dict[str, tuple[int, int]]):
     """(edges per cell type, op names) of the run's space, checked against the shapes of the recorded scores."""
-    from ..components import space_of
-
     space = space_of(cfg, 1, 2)  # channels and classes change neither edges nor ops
     ops = tuple(space.op_names)
     edges = {}
@@ -313,15 +314,9 @@ def _space_layout(cfg, shapes: dict[str, tuple[int, int]]):
 def plot_run(run_path: str | Path, engine: str = "auto") -> list[Path]:
     """Write RUN/report/*.png: α trajectories (alpha_CT.png), score heatmaps (scores_CT.png) and one cell diagram per
     selection (cell_SELECTOR.png). Returns the paths written."""
-    from ..config import load_config
-    from ..runs import RunDir
-    from ..selection.stage import load_selections
-
     _mpl()
-    run = RunDir(run_path)
-    if not run.exists():
-        raise UserError(f"{run_path} is not a run directory (no config.yaml)")
-    cfg = load_config(run.file("config.yaml"))
+    run = open_run(run_path)
+    cfg = run.read_config()
     metrics = [m for m in run.read_metrics() if isinstance(m.get("alpha"), dict)]
     selections = load_selections(run)
     shapes = {}
@@ -331,7 +326,7 @@ def plot_run(run_path: str | Path, engine: str = "auto") -> list[Path]:
     if not shapes:
         raise UserError(f"nothing to plot: {run.path} has no search metrics with α and no selections yet")
     edges, ops = _space_layout(cfg, shapes)
-    out_dir, written = run.file("report"), []
+    out_dir, written = run.report_dir, []
     for ct in shapes:
         if metrics:
             fig = alpha_trajectories(metrics, ct, edges[ct], ops)

@@ -2,7 +2,7 @@
 gradient.
 
 Warm-up epochs train the weights only (official: 25 of 50; by default here half of `search.epochs`, as the official
-ImageNet script computes it). From then on every epoch starts with one Shapley estimation (selection/shapley.py) on
+ImageNet script computes it). From then on every epoch starts with one Shapley estimation (scoring/shapley.py) on
 the search-validation split and one α update per cell type, then trains the weights for the epoch:
 
     z = (φ − mean φ) / std φ       over the cell type's whole edges x ops matrix (its enabled ops)
@@ -20,8 +20,8 @@ import torch
 
 from ..data import derive_seed
 from ..errors import UserError
-from ..selection.base import Cost
-from ..selection.shapley import ShapleyOptions, batch_source, estimate
+from ..scoring.cost import Cost
+from ..scoring.shapley import ShapleyOptions, batch_source, estimate
 from .base import OPTIMIZERS, SearchOptimizer
 
 
@@ -59,7 +59,7 @@ class ShapleySearch(SearchOptimizer):
         self.cost = Cost()
 
     def start_epoch(self, epoch: int, valid) -> dict[str, float] | None:
-        if epoch < self.warmup:
+        if epoch < self.warmup or self.alpha_frozen:
             return None
         o, net = self.options, self.supernet
         seed = derive_seed(valid.seed, epoch)

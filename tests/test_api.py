@@ -1,0 +1,72 @@
+"""The Python API: every CLI command is a thin layer over a documented function, and both give the same results."""
+import json
+import pydoc
+
+import pytest
+
+import archselect as asel
+from archselect.cli import main
+
+from conftest import tiny_idx_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = {"space.C": 4, "space.N": 1, "data.batch_size": 32, "search.epochs": 1, "threads": 1,
+        "select.options.shapley.permutations": 2}
+
+
+@pytest.fixture
+def searched(tmp_path):
+    data = tiny_idx_dir(tmp_path / "data")
+    run = asel.search(out=tmp_path / "run", overrides={**TINY, "data.data_dir": str(data)})
+    return run
+
+
+def test_search_returns_a_run_with_its_results(searched):
+    assert isinstance(searched, asel.Run) and searched.exists()
+    assert searched.config.space.C == 4 and len(searched.metrics) == 1
+    assert str(searched.architecture) == searched.result["selections"]["magnitude"]
+    assert set(searched.selections()) == {"magnitude"}
+    assert sum(p.numel() for p in searched.supernet().parameters()) > 0
+
+
+def test_api_and_cli_give_identical_selections(searched, tmp_path, capsys):
+    sels = asel.select(searched, ["magnitude", "shapley"])
+    api = {n: json.loads((searched.path / "selections" / f"{n}.json").read_text()) for n in sels}
+    assert main(["select", str(searched.path), "--selector", "magnitude,shapley"]) == 0
+    cli = {n: json.loads((searched.path / "selections" / f"{n}.json").read_text()) for n in sels}
+    for n in sels:
+        assert api[n]["scores"] == cli[n]["scores"] and api[n]["architecture"] == cli[n]["architecture"]
+        assert sels[n].to_dict()["scores"] == cli[n]["scores"]
+
+
+def test_compare_is_data_and_a_table(searched):
+    sels = asel.select(searched, ["magnitude", "shapley"])
+    comparison = asel.compare(sels)
+    rows = comparison.to_dict()["agreement"]["cell"]
+    assert len(rows) == 6 and all(set(r["chosen"]) == {"magnitude", "shapley"} for r in rows)
+    text = str(comparison)
+    assert "magnitude" in text and "shapley" in text and "forward passes" in text
+    assert asel.compare(searched).to_dict() == comparison.to_dict()  # from the run directory: the same
+
+
+def test_building_blocks():
+    space = asel.spaces.get("nb201", C=8, N=1)
+    net = space.supernet()
+    assert len(net.op_names) == 5 and "nb201" in asel.spaces.names()
+    selector = asel.selectors.get("shapley", permutations=5)
+    assert selector.options.permutations == 5 and selector.name == "shapley"
+    assert asel.optimizers.get("darts").alpha_by_gradient and not asel.optimizers.get("rsps").trains_alpha
+    with pytest.raises(asel.errors.UserError, match="unknown selector"):
+        asel.selectors.get("magnitud")
+
+
+def test_help_lists_the_api():
+    text = pydoc.render_doc(asel)
+    for name in ("search", "select", "compare", "split", "train", "report", "show", "run_bench", "spaces",
+                 "selectors", "optimizers", "Run"):
+        assert name in text
+
+
+def test_select_on_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(asel.errors.UserError, match="not a run directory"):
+        asel.select(tmp_path, ["magnitude"])
