@@ -42,7 +42,7 @@ def main() -> None:
     net = space.supernet()
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(args.images, 1, 8, 8, generator=g), torch.randint(0, 3, (args.images,), generator=g))]
-    ctx = SelectionContext(space, net, Batches(batches), None, torch.device("cpu"), log=lambda s: None)
+    ctx = SelectionContext(space, net, Batches(batches), None, torch.device("cpu"))
     methods = [("exact", {})] + [(f"hutchinson {n}", {"hessian": "hutchinson", "probes": n}) for n in args.probes]
     runs = {}
     for name, options in methods:

@@ -48,7 +48,7 @@ def context(N: int, batch: int, batches: int) -> SelectionContext:
     common = dict(seed=0, augment=False, channels_last=True)
     valid = Loader(random_set(batch * batches, seed=1), batch, shuffle=False, drop_last=False, **common)
     train = Loader(random_set(64, seed=2), 64, **common)
-    return SelectionContext(space, net, valid, train, torch.device("cpu"), seed=0, log=lambda *_: None)
+    return SelectionContext(space, net, valid, train, torch.device("cpu"), seed=0)
 
 
 def measure(selector_cls, options: dict, ctx: SelectionContext):
