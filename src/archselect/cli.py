@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- search ---------------------------------------------------------------------------------------------------------
 
 def _config_for(args):
-    from .config import load_config
+    from .config import load_config, resume_config
     from .runs import RunDir
 
     if args.resume:
@@ -136,7 +136,8 @@ def _config_for(args):
             raise UserError(f"{args.resume} is not a run directory (no config.yaml)")
         if args.config or args.out:
             raise UserError("--resume takes its config from the run directory; drop --config/--out")
-        return run, load_config(run.file("config.yaml"), args.overrides)
+        seed = [f"seed={args.seed}"] if args.seed is not None else []  # a changed seed is refused, not ignored
+        return run, resume_config(run.file("config.yaml"), [*args.overrides, *seed])
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
     run = RunDir(out)

@@ -349,3 +349,46 @@ def check_train(cfg: RunConfig) -> None:
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# -- what a --resume may change ---------------------------------------------------------------------------------------
+
+# Keys whose new value really takes effect when a search resumes: the optimizers and the schedule are rebuilt from
+# them after the checkpoint is loaded (SearchOptimizer.apply_hyperparameters), the selection runs after the search,
+# and the rest only say where and how to run. Anything else (space.*, data.subset, seed, search.optimizer, ...) is
+# fixed by the checkpoint; changing it on --resume is refused rather than recorded without effect.
+ENVIRONMENT_KEYS = ("device", "threads", "benchmark", "data.data_dir", "data.download")
+SEARCH_RESUMABLE = (*ENVIRONMENT_KEYS, "search.w_lr", "search.w_lr_min", "search.w_momentum", "search.w_weight_decay",
+                    "search.w_nesterov", "search.grad_clip", "search.a_lr", "search.a_beta1", "search.a_beta2",
+                    "search.a_weight_decay", "search.checkpoint_every", "search.hessian_eig", "search.hessian_batches",
+                    "search.hessian_iters", "select.")
+TRAIN_RESUMABLE = ENVIRONMENT_KEYS
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs (inside mappings, key by key)."""
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, a) != b.get(k, b))
+
+
+def resume_config(path: str | Path, overrides: list[str], allowed=SEARCH_RESUMABLE) -> RunConfig:
+    """The stored config of a run with `overrides` applied, refusing (before anything is written) any override that
+    changes a key a resume cannot honour."""
+    stored = load_config(path)
+    cfg = load_config(path, overrides)
+    refused = [k for k in changed_keys(stored, cfg)
+               if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)]
+    if refused:
+        raise UserError(f"--resume cannot change {', '.join(refused)} (the checkpoint fixes it); it may change "
+                        f"only {', '.join(a + '*' if a.endswith('.') else a for a in allowed)}; start a new run "
+                        f"with --out instead")
+    return cfg

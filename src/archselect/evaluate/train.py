@@ -29,7 +29,7 @@ from ..config import RunConfig, SpaceConfig, TrainConfig
 from ..data import ImageSet, Loader, load_dataset
 from ..environment import rng_state, set_rng_state
 from ..errors import UserError
-from ..runs import RunDir, load_latest_checkpoint, read_json, save_checkpoint
+from ..runs import RunDir, load_latest_checkpoint, nonfinite_tensors, read_json, save_checkpoint
 from ..search.loop import evaluate
 from .flops import count_flops, count_parameters
 
@@ -102,20 +102,39 @@ class TrainRun:
                 "test": self.test}
 
     def save(self) -> None:
-        save_checkpoint(self.run.checkpoints, CHECKPOINT, self.epoch, self.state())
+        state = self.state()
+        if nonfinite_tensors(state):
+            raise UserError(f"non-finite values in the model or optimizer after epoch {self.epoch}, not "
+                            f"checkpointed (lower train.lr and start again)")
+        save_checkpoint(self.run.checkpoints, CHECKPOINT, self.epoch, state)
 
     def restore(self) -> bool:
-        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, warn=self.log)
+        """Continue from the newest checkpoint that verifies and fits; metrics past it (all when none) are dropped."""
+        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, warn=self.log, apply=self._load_state)
         if state is None:
+            self.run.truncate_metrics(lambda r: False)
             return False
+        done = self.epoch
+        self.run.truncate_metrics(lambda r: isinstance(r.get("epoch"), int) and r["epoch"] < done)
+        return True
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        epoch, test = state["epoch"], state["test"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= max(self.cfg.train.epochs, 0):
+            raise UserError(f"epoch {epoch!r} is not an epoch of this run")
+        if test is not None and not (isinstance(test, dict) and all(
+                isinstance(test.get(k), (int, float)) for k in ("epoch", "test_loss", "test_acc"))):
+            raise UserError("its test record is malformed")
+        if nonfinite_tensors(state["model"]):
+            raise UserError("its model holds non-finite values")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        from ..search.loop import check_optimizer_state
+
+        check_optimizer_state(self)
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        self.epoch, self.test = state["epoch"], state["test"]
-        done = self.epoch
-        self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
-        return True
+        self.epoch, self.test = epoch, test
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -193,7 +212,7 @@ class TrainRun:
 
 def _open_run(arch: Architecture, config: str | None, out: str | None, resume: str | None,
               overrides: list[str]) -> tuple[RunDir, RunConfig]:
-    from ..config import load_config
+    from ..config import TRAIN_RESUMABLE, load_config, resume_config
 
     if resume:
         run = RunDir(resume)
@@ -204,7 +223,7 @@ def _open_run(arch: Architecture, config: str | None, out: str | None, resume: s
         stored = Architecture.from_dict(read_json(run.file(ARCH_FILE), "trained architecture"))
         if str(stored) != str(arch):
             raise UserError(f"{resume} retrains {stored}, not {arch}")
-        return run, load_config(run.file("config.yaml"), overrides)
+        return run, resume_config(run.file("config.yaml"), overrides, TRAIN_RESUMABLE)
     cfg = load_config(config, overrides)
     path = Path(out) if out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     run = RunDir(path)
@@ -223,7 +242,8 @@ def train_command(arch_spec: str, config: str | None = None, out: str | None = N
     from ..runs import atomic_write_bytes, atomic_write_json, manifest, record_manifest
 
     arch = load_architecture(arch_spec)
-    run, cfg = _open_run(arch, config, out, resume, list(overrides))
+    resume_seed = [f"seed={seed}"] if resume and seed is not None else []  # a changed seed is refused on --resume
+    run, cfg = _open_run(arch, config, out, resume, [*overrides, *resume_seed])
     if seed is not None:
         cfg.seed = seed
     if device:
