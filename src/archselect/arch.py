@@ -75,7 +75,7 @@ class Architecture:
             for name, c in d["cells"].items():
                 edges = tuple(Edge(int(s), int(t), str(op)) for s, t, op in c["edges"])
                 cells.append((str(name), Cell(edges, tuple(int(n) for n in c.get("concat", ())))))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
             raise UserError(f"not an archselect architecture: {e}") from None
         arch = cls(d["space"], tuple(cells))
         validate(arch)
