@@ -42,3 +42,146 @@ def test_a_selection_file_of_the_wrong_types_is_one_line(tmp_path, capsys, edit)
     code = main(["report", str(run), "--engine", "matplotlib"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("archselect: error:")
+
+
+# -- input classes of the outside stress test: one line and exit code 2, nothing left behind ---------------------------
+
+def run_main(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def one_line(code, err):
+    return code == 2 and len(err) == 1 and err[0].startswith("archselect: error:")
+
+
+def test_scientific_notation_is_a_number():
+    from archselect.config import load_config
+
+    cfg = load_config("configs/nb201-paper.yaml" if Path("configs/nb201-paper.yaml").is_file() else None,
+                      ["search.w_weight_decay=5e-4", "search.a_lr=3E-4", "search.w_lr=.025"])
+    assert (cfg.search.w_weight_decay, cfg.search.a_lr, cfg.search.w_lr) == (5e-4, 3e-4, 0.025)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
+             "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n" \
+             "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+
+
+@pytest.mark.parametrize("content", [ALIAS_BOMB.encode(), b"[" * 5000 + b"]" * 5000, b"search: {epochs: \xff\xfe}\n",
+                                     ("a:\n" + "".join(" " * (2 * i) + f"k{i}:\n" for i in range(1, 60))).encode()])
+def test_a_hostile_config_file_is_one_line_and_writes_nothing(tmp_path, capsys, content):
+    (tmp_path / "c.yaml").write_bytes(content)
+    code, err = run_main(["search", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")], capsys)
+    assert one_line(code, err) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["threads=-1", "threads=0", f"seed={2 ** 70}", "seed=-1", "space.C=1000000",
+                                      "space.N=100000", "data.image_size=100000", "search.w_lr=1e999",
+                                      "search.w_lr=.inf", "data.batch_size=10000000", "search.a_beta1=2",
+                                      "search.w_nesterov=true search.w_momentum=0"])
+def test_settings_that_cannot_run_are_refused_up_front(tmp_path, capsys, override):
+    code, err = run_main(["search", "--out", str(tmp_path / "run"), *override.split()], capsys)
+    assert one_line(code, err) and not (tmp_path / "run").exists()
+
+
+def test_a_config_error_found_after_the_run_directory_exists_leaves_no_half_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = run_main(["search", "--out", str(run), "data.data_dir=" + str(tmp_path / "nowhere")], capsys)
+    assert one_line(code, err) and not run.exists()
+    code, err = run_main(["search", "--out", str(run), "data.data_dir=" + str(tmp_path / "nowhere")], capsys)
+    assert "already holds a run" not in err[0]
+
+
+def test_stale_temporary_files_are_removed_when_a_run_is_locked(tmp_path):
+    from archselect.runs import RunDir, atomic_write_bytes
+
+    run = RunDir(tmp_path / "run")
+    atomic_write_bytes(run.file("config.yaml"), b"seed: 0\n")
+    stale = [run.file(".config.yaml.abc.tmp"), run.file("checkpoints", ".search-00000004.safetensors.x.tmp"),
+             run.file("selections", ".shapley.json.y.tmp")]
+    nested = run.file("split", "0", ".config.yaml.z.tmp")  # a node's own writer may be alive: not ours to remove
+    for p in [*stale, nested]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"\0" * 1000)
+    with run:
+        assert not any(p.exists() for p in stale) and nested.exists() and run.file("config.yaml").exists()
+
+
+@pytest.mark.parametrize("text", ["|nor_conv_3x3~²|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|",
+                                  "|nor_conv_3x3~٠|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|none~1|none~2|",
+                                  "Genotype(normal=[('sep_conv_3x3', " + "9" * 5000 + ")])",
+                                  "x" * 5000, "/" + "a" * 300 + "/b", "a\0b"])
+def test_hostile_architecture_arguments_are_one_line(tmp_path, capsys, text):
+    code, err = run_main(["train", text, "--out", str(tmp_path / "run")], capsys)
+    assert one_line(code, err) and not (tmp_path / "run").exists()
+
+
+def test_ascii_digits_only_are_benchmark_indices():
+    from archselect.arch import parse_index
+
+    assert parse_index("15") == 15 and parse_index("٣") is None and parse_index("²") is None
+    assert parse_index("1" * 13) is None
+
+
+@pytest.mark.parametrize("content", [b'{"architecture": {"space": "nb201", "cells": {"cell": {"edges": [[Infinity, 1, "none"]]}}}}',
+                                     b"[" * 100000 + b"]" * 100000, b'{"architecture": "\xff\xfe"}', b"NaN"])
+def test_hostile_architecture_files_are_one_line(tmp_path, capsys, content):
+    (tmp_path / "a.json").write_bytes(content)
+    code, err = run_main(["train", str(tmp_path / "a.json"), "--out", str(tmp_path / "run")], capsys)
+    assert one_line(code, err) and not (tmp_path / "run").exists()
+
+
+def test_an_idx_header_cannot_demand_more_than_the_reader_allows(tmp_path):
+    import gzip
+    import struct
+
+    from archselect.data.idx import read_idx
+    from archselect.errors import UserError
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:  # a header declaring 60000 x 1000 x 1000 bytes, and a zero-filled body
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 1000, 1000) + b"\0" * 100_000)
+    assert path.stat().st_size < 2000
+    with pytest.raises(UserError, match="declares"):
+        read_idx(path)
+    with pytest.raises(UserError, match="more than"):  # a body beyond the limit is never decompressed in full
+        read_idx(path, limit=1000)
+
+
+def test_a_bz2_bomb_is_stopped_at_the_limit(tmp_path, monkeypatch):
+    import bz2
+
+    from archselect.evaluate import benchmark
+    from archselect.errors import UserError
+
+    monkeypatch.setattr(benchmark, "MAX_PBZ2_BYTES", 10_000)
+    path = tmp_path / "meta.pickle.pbz2"
+    path.write_bytes(bz2.compress(b"\0" * 1_000_000))
+    with pytest.raises(UserError, match="decompresses to more"):
+        benchmark._load_pbz2(path)
+
+
+def test_a_small_pickle_cannot_allocate_gigabytes():
+    import pickle
+    import resource
+
+    from archselect import safe_pickle
+    from archselect.errors import UserError
+
+    bomb = b"\x80\x04\x8c\x08builtins\x8c\tbytearray\x93\x8a\x05\x00\x00\x00\x00\x04\x85R."  # bytearray(16 GiB)
+    assert pickle.loads.__name__ and len(bomb) < 40
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UserError, match="refusing to allocate"):
+        safe_pickle.loads(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+@pytest.mark.parametrize("labels", [[1.7, 2.2], [True, False], ["1", "2"]])
+def test_labels_of_the_wrong_dtype_are_refused_not_truncated(labels):
+    from archselect.data.pickled import int_labels
+    from archselect.errors import UserError
+
+    with pytest.raises(UserError, match="not a list of integers"):
+        int_labels({"labels": labels}, "labels", Path("batch"), 2, 0, 9)

@@ -189,13 +189,13 @@ def search_into(run, cfg, device, resume: bool = False, overrides=(), log=print,
 
     from . import distributed
     from .config import dump_yaml
-    from .runs import atomic_write_bytes, manifest, record_manifest
+    from .runs import atomic_write_bytes, discard_if_stillborn, manifest, record_manifest
     from .ranks import serve
     from .search.loop import SearchRun, save_supernet
     from .selection.workers import launch_workers
 
     main = distributed.is_main()
-    with run if main else contextlib.nullcontext():
+    with discard_if_stillborn(run.path, main and not resume), (run if main else contextlib.nullcontext()):
         if main:
             info = {**manifest(cfg.seed, str(device)), "world_size": distributed.world()}
             atomic_write_bytes(run.file("config.yaml"), dump_yaml(cfg).encode())
@@ -439,9 +439,11 @@ def cmd_benchmark(args) -> int:
     table = find_table(args.table)
     if table is None:
         raise UserError(IMPORT_HINT)
+    from .arch import parse_index
+
     spec = args.arch.strip()
-    if spec.isdigit():
-        arch = table.arch_at(int(spec))
+    if parse_index(spec) is not None:  # ASCII digits only (str.isdigit also takes '²', '٣')
+        arch = table.arch_at(parse_index(spec))
     else:
         from .arch import load_architecture
 

@@ -11,12 +11,14 @@ checkpoint is kept until a newer one is complete. Nothing is ever unpickled: ten
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -280,6 +282,7 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        remove_stale_temporaries(self.path)
         return self
 
     def unlock(self) -> None:
@@ -317,6 +320,45 @@ class RunDir:
         """Keep only records for which keep(record) is true (drops epochs redone after a resume)."""
         kept = [r for r in self.read_metrics() if keep(r)]
         atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+TEMP_DIRS = ("", "checkpoints", "selections", "report")  # where a run's own writers put temporary files
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files (`.NAME.XXXX.tmp`, up to a checkpoint in size) that a kill inside
+    `atomic_write_bytes` left in a run directory. Called with the run's lock held, so no writer of this run is alive;
+    nested run directories (a split search's nodes) have their own locks and are left to their own writers."""
+    removed = []
+    for sub in TEMP_DIRS:
+        d = Path(path) / sub
+        if d.is_dir():
+            for tmp in d.glob(".*.tmp"):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+    return removed
+
+
+_STARTER_FILES = {"config.yaml", "manifest.json", ".lock", "architecture.json"}
+
+
+@contextlib.contextmanager
+def discard_if_stillborn(path: str | Path, enabled: bool = True):
+    """Around the start of a new run: if a UserError (a config error found only once the run directory exists, a
+    missing dataset) stops it before it recorded any work, remove the directory it created, so the same --out can
+    be used again. A directory that existed before, or holds any work (metrics, a checkpoint), is left alone."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield
+    except UserError:
+        if enabled and not existed and path.is_dir():
+            entries = list(path.rglob("*"))
+            if all(p.name in _STARTER_FILES or (p.is_dir() and not any(p.iterdir())) or p.name.endswith(".tmp")
+                   for p in entries):
+                shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def open_run(path: str | Path) -> RunDir:

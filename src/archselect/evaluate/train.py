@@ -239,7 +239,7 @@ def train_command(arch_spec: str, config: str | None = None, out: str | None = N
     genotype) into a new run directory, or resume one; writes and returns result.json's content."""
     from ..config import dump_yaml
     from ..environment import choose_device, configure
-    from ..runs import atomic_write_bytes, atomic_write_json, manifest, record_manifest
+    from ..runs import atomic_write_bytes, atomic_write_json, discard_if_stillborn, manifest, record_manifest
 
     arch = load_architecture(arch_spec)
     resume_seed = [f"seed={seed}"] if resume and seed is not None else []  # a changed seed is refused on --resume
@@ -250,7 +250,7 @@ def train_command(arch_spec: str, config: str | None = None, out: str | None = N
         cfg.device = device
     dev = choose_device(cfg.device)
     configure(cfg.seed, cfg.deterministic, cfg.threads)
-    with run:
+    with discard_if_stillborn(run.path, not resume), run:
         # the architecture before config.yaml (which makes the directory a run): a kill in between must not leave
         # a run that --resume cannot check the architecture of
         atomic_write_json(run.file(ARCH_FILE), arch.to_dict())
