@@ -67,6 +67,7 @@ def test_scientific_notation_is_a_number():
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
              "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n" \
              "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+ALIAS_BOMB = "select:\n  options:\n    magnitude:\n" + "".join("      " + line + "\n" for line in ALIAS_BOMB.splitlines())
 
 
 @pytest.mark.parametrize("content", [ALIAS_BOMB.encode(), b"[" * 5000 + b"]" * 5000, b"search: {epochs: \xff\xfe}\n",
