@@ -388,7 +388,7 @@ def cmd_split(args) -> int:
 # -- show -------------------------------------------------------------------------------------------------------------
 
 def cmd_show(args) -> int:
-    from .runs import open_run, read_json
+    from .runs import open_run, read_result
 
     run = open_run(args.run)
     from .config import load_config
@@ -408,7 +408,7 @@ def cmd_show(args) -> int:
         print(f"last epoch: train acc {last.get('train_acc', float('nan')):.3f}, "
               f"search-valid acc {last['search_valid_acc']:.3f}, {sum(m['seconds'] for m in metrics):.0f}s in all")
     if run.file("result.json").exists():
-        result = read_json(run.file("result.json"), "result")
+        result = read_result(run.file("result.json"))
         for name, text in result.get("selections", {}).items():
             print(f"{name:>14}: {text}")
         _print_benchmark(result.get("benchmark", {"note": "no benchmark metrics recorded"}))

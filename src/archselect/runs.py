@@ -309,11 +309,18 @@ class RunDir:
         if not p.exists():
             return []
         records = []
-        for line in p.read_text().splitlines():
+        try:
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise UserError(f"cannot read {p} ({e.strerror or e})") from None
+        for line in text.splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 break  # a line cut by a kill: everything after it is lost work anyway
+            if not _metrics_record_ok(record):
+                break  # a record edited into the wrong types: read like a cut line
+            records.append(record)
         return records
 
     def truncate_metrics(self, keep) -> None:
@@ -359,6 +366,29 @@ def discard_if_stillborn(path: str | Path, enabled: bool = True):
                    for p in entries):
                 shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A run's result.json, its types checked where a summary reads it (selections, benchmark metrics)."""
+    result = read_json(path, "result")
+    bench = result.get("benchmark", {}) if isinstance(result, dict) else None
+    ok = (isinstance(result, dict) and isinstance(result.get("selections", {}), dict)
+          and all(isinstance(k, str) and isinstance(v, str) for k, v in result.get("selections", {}).items())
+          and isinstance(bench, dict) and (isinstance(bench.get("note"), str) if "note" in bench else all(
+              v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for k, v in bench.items()
+              if k in ("cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_test"))))
+    if not ok:
+        raise UserError(f"result {path} is damaged (not an archselect result)")
+    return result
+
+
+def _metrics_record_ok(r: Any) -> bool:
+    """A metrics record: a mapping with a non-negative integer epoch whose timing, lr, loss and accuracy fields
+    are numbers."""
+    if not isinstance(r, dict) or isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int):
+        return False
+    numeric = [v for k, v in r.items() if k in ("seconds", "lr") or k.endswith(("_loss", "_acc"))]
+    return r["epoch"] >= 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numeric)
 
 
 def open_run(path: str | Path) -> RunDir:

@@ -58,7 +58,7 @@ def load(f: IO[bytes], *, what: str = "file", encoding: str = "ASCII"):
         return _RestrictedUnpickler(f, encoding=encoding).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError, OverflowError, UnicodeError) as e:
-        raise UserError(f"{what}: not a readable data file ({e})") from None
+        raise UserError(f"{what}: not a readable data file ({' '.join(str(e).split())[:300]})") from None
 
 
 def loads(data: bytes, *, what: str = "file", encoding: str = "ASCII"):
