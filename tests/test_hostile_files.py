@@ -186,3 +186,32 @@ def test_labels_of_the_wrong_dtype_are_refused_not_truncated(labels):
 
     with pytest.raises(UserError, match="not a list of integers"):
         int_labels({"labels": labels}, "labels", Path("batch"), 2, 0, 9)
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys):
+    import os
+
+    (tmp_path / "file").write_text("x")
+    code, err = run_main(["search", "--out", str(tmp_path / "file" / "run")], capsys)  # a path under a file
+    assert one_line(code, err)
+    if os.geteuid() != 0:  # root writes into read-only directories
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        code, err = run_main(["search", "--out", str(ro / "run")], capsys)
+        assert one_line(code, err)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from archselect.errors import UserError
+    from archselect.runs import atomic_write_bytes
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        atomic_write_bytes(tmp_path / "config.yaml", b"seed: 0\n")
+    assert list(tmp_path.iterdir()) == []

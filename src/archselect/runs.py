@@ -39,8 +39,22 @@ os.umask(_UMASK)  # read the process umask (os has no getter)
 
 # -- atomic files ---------------------------------------------------------------------------------------------------
 
+def fs_error(e: OSError, action: str, path: Path) -> UserError:
+    """A file-system failure (read-only, full disk, a path under a file, a name too long) as one line."""
+    return UserError(f"cannot {action} {path}: {e.strerror or type(e).__name__}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file, fsync, rename, directory fsync); a file-system error is
+    a one-line UserError and leaves no temporary file."""
     path = Path(path)
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as e:
+        raise fs_error(e, "write", path) from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -272,8 +286,11 @@ class RunDir:
 
     # lock
     def lock(self) -> "RunDir":
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise fs_error(e, "create the run directory", self.path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -299,10 +316,13 @@ class RunDir:
 
     # metrics
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise fs_error(e, "write", self.path / "metrics.jsonl") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
