@@ -215,3 +215,10 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
     with pytest.raises(UserError, match="No space left on device"):
         atomic_write_bytes(tmp_path / "config.yaml", b"seed: 0\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", [str(2 ** 70), "-1"])
+def test_a_seed_option_beyond_range_is_one_line(tmp_path, capsys, seed):
+    code, err = run_main(["search", "--out", str(tmp_path / "run"), "--seed", seed, "data.data_dir=/nonexistent"],
+                         capsys)
+    assert one_line(code, err) and "seed" in err[0]
