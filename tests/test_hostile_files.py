@@ -222,3 +222,11 @@ def test_a_seed_option_beyond_range_is_one_line(tmp_path, capsys, seed):
     code, err = run_main(["search", "--out", str(tmp_path / "run"), "--seed", seed, "data.data_dir=/nonexistent"],
                          capsys)
     assert one_line(code, err) and "seed" in err[0]
+
+
+def test_show_on_metrics_without_search_fields_is_no_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(V0, run)
+    (run / "metrics.jsonl").write_text('{"epoch": 0, "lr": 0.1}\n')  # e.g. a retraining's records
+    code, err = run_main(["show", str(run)], capsys)
+    assert code == 0 and err == []

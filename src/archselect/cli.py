@@ -406,7 +406,8 @@ def cmd_show(args) -> int:
     if metrics:
         last = metrics[-1]
         print(f"last epoch: train acc {last.get('train_acc', float('nan')):.3f}, "
-              f"search-valid acc {last['search_valid_acc']:.3f}, {sum(m['seconds'] for m in metrics):.0f}s in all")
+              f"search-valid acc {last.get('search_valid_acc', float('nan')):.3f}, "
+              f"{sum(m.get('seconds', 0.0) for m in metrics):.0f}s in all")
     if run.file("result.json").exists():
         result = read_result(run.file("result.json"))
         for name, text in result.get("selections", {}).items():
