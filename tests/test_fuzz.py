@@ -3,7 +3,7 @@ architecture strings and files, genotypes, checkpoints, run files, benchmark tab
 the CLI entry points on a run directory with generated files. Each example must end in a result or one UserError
 (on the CLI: one line on stderr, exit code 2): no traceback, no file outside the target directory, bounded memory,
 no code run (the pickle reader's allowed globals never include a callable with side effects; a canary global
-counts calls). Default run: modest `max_examples` (about 30 s on a loaded 2-core machine)."""
+counts calls). Default run: modest `max_examples` (about 20 s on the shared 2-core machine)."""
 import contextlib
 import io
 import json
@@ -20,7 +20,7 @@ from archselect.cli import main
 from archselect.errors import UserError
 
 V0 = Path(__file__).parent / "data" / "run-v0" / "finished"
-FUZZ = settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+FUZZ = settings(max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 deadline=None)
 MEMORY_KIB = 1_500_000  # growth of the peak RSS over the whole module
 
@@ -68,7 +68,7 @@ def test_config_files(tmp_path, data):
     only_user_errors(load_config, tmp_path / "c.yaml")
 
 
-@FUZZ
+@settings(FUZZ, max_examples=40)  # each example may parse kilobytes of nested YAML: the slowest property
 @given(st.lists(st.tuples(st.sampled_from(["seed", "threads", "space.C", "space.N", "data.image_size",
                                            "search.w_lr", "search.w_weight_decay", "select.options", "a.b.c",
                                            "search", "data.subset", "search.epochs"]), hostile_text), max_size=3))
@@ -168,7 +168,7 @@ def test_pickled_data(prefix, data):
     assert not CALLED
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(["metrics.jsonl", "result.json", "manifest.json", "config.yaml",
                         "selections/magnitude.json", "checkpoints/search-00000004.json"]), hostile_bytes)
 def test_cli_on_a_run_with_a_hostile_file(tmp_path_factory, name, data):
@@ -186,3 +186,17 @@ def test_cli_on_a_run_with_a_hostile_file(tmp_path_factory, name, data):
         lines = err.getvalue().strip().splitlines()
         assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("archselect: error:")), lines
     assert {p for p in root.parent.iterdir()} == before
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hostile_text)
+def test_cli_architecture_arguments(tmp_path_factory, text):
+    """`train ARCH` with any text: one line and exit code 2 (an unknown dataset stops a valid one), and no run
+    directory is left behind by the error."""
+    root = tmp_path_factory.mktemp("fuzzarch")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", text or "x", "--out", str(root / "run"), "data.dataset=no-such-dataset"])
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("archselect: error:"), lines
+    assert not (root / "run").exists()
