@@ -16,6 +16,27 @@ settings.register_profile("archselect", deadline=None, suppress_health_check=[He
 settings.load_profile("archselect")
 
 
+_SESSION_CACHE: list[str] = []
+
+
+def pytest_configure(config):
+    """Before any fixture of any scope (module- and session-scoped ones run outside the per-test isolation below):
+    a private, empty archselect cache and no table from the environment, whatever the developer's cache holds.
+    Subprocesses the tests start (the kill harness) inherit it."""
+    import os
+    import tempfile
+
+    _SESSION_CACHE.append(tempfile.mkdtemp(prefix="archselect-test-cache-"))
+    os.environ["ARCHSELECT_CACHE"] = _SESSION_CACHE[-1]
+    os.environ.pop("ARCHSELECT_NB201", None)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for d in _SESSION_CACHE:
+        shutil.rmtree(d, ignore_errors=True)
+
 
 @pytest.fixture(autouse=True)
 def _archselect_log_to_caplog(caplog):

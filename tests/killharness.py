@@ -114,3 +114,51 @@ def kill_and_resume(start: list[str], resume: list[str], progress: Callable[[], 
         proc.wait(timeout=TIMEOUT)
         _check(proc, err)
     return delivered
+
+
+# -- kills inside a write (tests/killpoint.py) -------------------------------------------------------------------------
+
+KILLPOINT = Path(__file__).with_name("killpoint.py")
+PHASES = ("before", "torn", "after")
+
+
+def _spawn_killpoint(n: int, phase: str, args: list[str], err) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(KILLPOINT), str(n), phase, *args], stdout=subprocess.DEVNULL,
+                            stderr=err, env=env)
+
+
+def count_writes(args: list[str]) -> int:
+    """The file writes (atomic writes and metrics lines) an uninterrupted `archselect ARGS` makes."""
+    with tempfile.TemporaryFile() as err:
+        proc = _spawn_killpoint(0, "before", args, err)
+        proc.wait(timeout=TIMEOUT)
+        _check(proc, err)
+        err.seek(0)
+        return int(re.findall(rb"writes: (\d+)", err.read())[-1])
+
+
+def write_kill_point(seed: int, writes: int) -> tuple[int, str]:
+    """Seed -> (N, PHASE), distinct for distinct seeds (a seeded permutation of every write and phase of the run):
+    seed 0 lands in the first three writes (the run's config, manifest and first records: the window before the
+    first checkpoint), the others anywhere in the run."""
+    points = [(n, phase) for n in range(1, writes + 1) for phase in PHASES]
+    random.Random(writes).shuffle(points)
+    early = next(p for p in points if p[0] <= 3)
+    rest = [p for p in points if p != early]
+    return early if seed == 0 else rest[(seed - 1) % len(rest)]
+
+
+def kill_in_write(start: list[str], resume: Callable[[], list[str]], n: int, phase: str) -> bool:
+    """SIGKILL `archselect START` in its N-th write at PHASE, then run `resume()` (the command a user would run
+    next, which may depend on what the kill left) to completion. True if the kill was delivered."""
+    with tempfile.TemporaryFile() as err:
+        proc = _spawn_killpoint(n, phase, start, err)
+        proc.wait(timeout=TIMEOUT)
+        if proc.returncode != -signal.SIGKILL:
+            _check(proc, err)
+            return False
+        proc = _spawn(resume(), err)
+        proc.wait(timeout=TIMEOUT)
+        _check(proc, err)
+    return True

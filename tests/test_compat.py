@@ -60,3 +60,17 @@ def test_a_finished_v0_run_selects_shows_and_reports(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["report", str(run), "--engine", "matplotlib"]) == 0
     assert (run / "report" / "index.html").is_file() and (run / "log.txt").is_file()
+
+
+def test_old_checkpoints_have_no_state_checksum_and_still_load():
+    meta = json.loads((V0 / "killed" / "checkpoints" / "search-00000002.json").read_text())
+    assert "state_sha256" not in meta
+    assert load_latest_checkpoint(V0 / "killed" / "checkpoints", "search")["epoch"] == 1
+
+
+def test_a_killed_v0_run_resumes_with_its_data_directory_given_on_the_command_line(tmp_path):
+    data = tiny_idx_dir(tmp_path / "data", n_train=128, n_test=32)
+    run = tmp_path / "killed"
+    shutil.copytree(V0 / "killed", run)
+    assert main(["search", "--resume", str(run), f"data.data_dir={data}"]) == 0
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]

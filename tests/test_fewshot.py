@@ -446,8 +446,10 @@ def test_split_search_resumes_without_redoing_work(tmp_path, data_dir, monkeypat
     assert json.loads((whole / "result.json").read_text())["selections"] == \
         json.loads((crashed / "result.json").read_text())["selections"]
     # a resumed run must keep its split settings
+    config = (crashed / "config.yaml").read_bytes()
     assert main(["search", "--resume", str(crashed), "split.batches=3"]) == 2
-    assert "other split settings (batches)" in capsys.readouterr().err
+    assert "--resume cannot change split.batches" in capsys.readouterr().err
+    assert (crashed / "config.yaml").read_bytes() == config  # refused before anything is written
 
 
 @pytest.mark.slow

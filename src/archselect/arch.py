@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import read_json
 from .genotype import SPACE as DARTS_SPACE
 from .genotype import parse_genotype_cells, to_genotype_string, validate_darts
 
@@ -78,7 +79,7 @@ class Architecture:
             for name, c in d["cells"].items():
                 edges = tuple(Edge(int(s), int(t), str(op)) for s, t, op in c["edges"])
                 cells.append((str(name), Cell(edges, tuple(int(n) for n in c.get("concat", ())))))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
             raise UserError(f"not an archselect architecture: {e}") from None
         arch = cls(d["space"], tuple(cells))
         validate(arch)
@@ -93,6 +94,8 @@ class Architecture:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise UserError(f"architecture file is not valid JSON: {e}") from None
+        except RecursionError:
+            raise UserError("architecture file is not valid JSON: nested too deeply") from None
 
     # -- NAS-Bench-201 arch string -----------------------------------------------------------------------------------
     @classmethod
@@ -131,7 +134,7 @@ def parse_nb201(text: str) -> Architecture:
         seen = set()
         for item in items:
             op, sep, src_text = item.partition("~")
-            if not sep or not src_text.isdigit() or src_text != str(int(src_text)):
+            if not sep or not _is_ascii_int(src_text, 3) or src_text != str(int(src_text)):
                 raise UserError(f"bad NAS-Bench-201 arch string {text!r}: {item!r} is not 'op~node'")
             src = int(src_text)
             if op not in NB201_OPS:
@@ -153,6 +156,20 @@ def parse_genotype(text: str) -> Architecture:
                                            for ct, (edges, concat) in cells.items()))
 
 
+def _is_ascii_int(text: str, max_digits: int) -> bool:
+    """Only 0-9 (str.isdigit also accepts '²' and Arabic-Indic digits, which int() rejects or reads as numbers)."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+
+
+def parse_index(spec: str) -> int | None:
+    """A benchmark index written in ASCII digits (at most 12), else None: the text is an architecture instead."""
+    s = spec.strip()
+    return int(s) if _is_ascii_int(s, 12) else None
+
+
+MAX_ARCH_TEXT = 100_000  # an architecture string or file beyond this is not one
+
+
 def validate(arch: Architecture) -> None:
     """Check an Architecture built from JSON against its space's rules (ops, node references)."""
     if arch.space == "nb201":
@@ -171,18 +188,24 @@ def validate(arch: Architecture) -> None:
 def load_architecture(spec: str) -> Architecture:
     """An architecture from a JSON file path, a NAS-Bench-201 string or a DARTS genotype string."""
     s = spec.strip()
+    if len(s) > MAX_ARCH_TEXT:
+        raise UserError(f"an architecture of {len(s)} characters is too long (at most {MAX_ARCH_TEXT})")
     if s.startswith("|"):
         return parse_nb201(s)
     if s.startswith("Genotype"):
         return parse_genotype(s)
+    shown = spec if len(spec) <= 80 else spec[:77] + "..."
     path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"{spec!r} is neither an architecture file, a NAS-Bench-201 string nor a genotype")
-    data = path.read_text()
     try:
-        obj = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+        is_file = "\0" not in spec and path.is_file()
+    except (OSError, ValueError):  # a name longer than the file system allows, ...
+        is_file = False
+    if not is_file:
+        raise UserError(f"{shown!r} is neither an architecture file, a NAS-Bench-201 string nor a genotype")
+    try:
+        obj = read_json(path, "architecture file")
+    except UserError as e:
+        raise UserError(str(e).replace("is damaged or not JSON", "is not valid JSON")) from None
     if isinstance(obj, dict) and "architecture" in obj:  # a result.json or selection file
         obj = obj["architecture"]
     return Architecture.from_dict(obj)

@@ -10,7 +10,7 @@ import sys
 
 from . import logs, pipeline
 from .version import __version__
-from .arch import load_architecture
+from .arch import load_architecture, parse_index
 from .errors import UserError
 from .evaluate.benchmark import IMPORT_HINT, NB201Table, find_table, import_table
 from .evaluate.lookup import benchmark_metrics
@@ -253,7 +253,8 @@ def cmd_benchmark(args) -> int:
     if table is None:
         raise UserError(IMPORT_HINT)
     spec = args.arch.strip()
-    arch = table.arch_at(int(spec)) if spec.isdigit() else load_architecture(spec)
+    index = parse_index(spec)  # ASCII digits only (str.isdigit also takes '²', '٣')
+    arch = table.arch_at(index) if index is not None else load_architecture(spec)
     for k, v in table.lookup(arch).items():
         print(f"{k:>20}: {v}")
     return 0

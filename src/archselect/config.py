@@ -4,6 +4,8 @@ errors that name the key and what it allows. The resolved config is saved with e
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -142,6 +144,59 @@ class RunConfig:
 
 # -- building typed dataclasses from plain data ---------------------------------------------------------------------
 
+MAX_INT = 2 ** 63 - 1
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+MAX_CONFIG_BYTES = 1 << 20   # a config file or an override longer than this is not a config
+MAX_CONFIG_NODES = 100_000   # values in a config once YAML aliases are expanded (a 319-byte alias bomb has billions)
+MAX_CONFIG_DEPTH = 32        # nesting of mappings and lists
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_plain(data: Any, where: str) -> Any:
+    """Refuse YAML data too deep or too large once its aliases are expanded, before anything walks or writes it."""
+    budget = [MAX_CONFIG_NODES]
+
+    def walk(node: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UserError(f"{where}: too large (more than {MAX_CONFIG_NODES} values once YAML aliases are expanded)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise UserError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(k, depth + 1)
+                walk(v, depth + 1)
+        elif isinstance(node, (list, tuple, set)):
+            for v in node:
+                walk(v, depth + 1)
+
+    walk(data, 0)
+    return data
+
+
+def safe_yaml(text: str | bytes, where: str) -> Any:
+    """yaml.safe_load with every failure (syntax, depth, encoding, size, alias expansion) as one UserError."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UserError(f"{where}: too large for a config ({len(text)} bytes, at most {MAX_CONFIG_BYTES})")
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{where} is not valid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except RecursionError:
+        raise UserError(f"{where} is not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. an impossible timestamp or an unhashable key
+        raise UserError(f"{where} is not valid YAML: {_short(str(e))}") from None
+    return check_plain(data, where)
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -181,12 +236,22 @@ def _coerce(value: Any, tp, key: str):
         raise UserError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
+            raise UserError(f"{key}: expected an integer, got {_short(value)}")
+        if not -MAX_INT <= value <= MAX_INT:
+            raise UserError(f"{key}: {_short(value)} is out of range (at most {MAX_INT} in size)")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = float(value.strip())  # YAML 1.1 reads 5e-4 (no dot) as text; it is a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+            raise UserError(f"{key}: expected a number, got {_short(value)}")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise UserError(f"{key}: {_short(value)} is out of range") from None
+        if not math.isfinite(value):
+            raise UserError(f"{key}: expected a finite number, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise UserError(f"{key}: expected text, got {value!r}")
@@ -222,8 +287,10 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise UserError(f"override {text!r} must look like section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = safe_yaml(raw, f"override {key.strip()!r}") if raw.strip() else None
+    except UserError as e:
+        if "not valid YAML" not in str(e):
+            raise
         value = raw
     return key.strip().split("."), value
 
@@ -245,12 +312,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {p} is too large for a config ({p.stat().st_size} bytes)")
+        text = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read config file {p} ({e.strerror or e})") from None
+    data = safe_yaml(text, f"config file {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -267,6 +337,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 def check(cfg: RunConfig) -> None:
     """Cross-field rules a type cannot express."""
+    check_ranges(cfg)
     rules = [
         (cfg.search.epochs >= 0, "search.epochs must be >= 0"),
         (cfg.data.batch_size > 0, "data.batch_size must be > 0"),
@@ -292,6 +363,56 @@ def check(cfg: RunConfig) -> None:
             raise UserError(message)
     check_split(cfg)
     check_train(cfg)
+
+
+# What a run may ask for. Beyond these a supernet or a dataset cannot be allocated on any machine archselect targets
+# (or takes hours just to build); they are refused up front instead of failing, or never finishing, later.
+LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.image_size": 1024,
+          "data.batch_size": 65536, "data.eval_batch_size": 65536, "data.subset": 100_000_000,
+          "data.cutout": 1024, "search.epochs": 100_000, "threads": 1024, "train.C": 1024, "train.N": 64,
+          "train.epochs": 100_000, "train.batch_size": 65536, "train.subset": 100_000_000, "train.cutout": 1024,
+          "train.eval_every": 100_000, "search.checkpoint_every": 10 ** 9, "search.hessian_batches": 10_000,
+          "search.hessian_iters": 10_000, "split.batches": 100_000, "split.groups": 64, "select.workers": 4096}
+MAX_ACTIVATION_BYTES = 256 << 30  # a rough upper estimate of one search step's activations
+
+
+def estimated_activation_bytes(cfg: RunConfig) -> int:
+    """A rough estimate of one search step's activation memory: batch x channels x pixels, for every op of every
+    edge of every cell (fp32, forward kept for backward), at the largest resolution (32 when unknown)."""
+    side = cfg.data.image_size or 32
+    ops, edges = 8, 14
+    cells = cfg.space.N * 3 + 2
+    return 4 * cfg.data.batch_size * cfg.space.C * 4 * side * side * ops * edges * cells
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    for key, limit in LIMITS.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if value is not None and value > limit:
+            raise UserError(f"{key}={value} is beyond what archselect can allocate (at most {limit})")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UserError(f"threads must be a positive number of threads (or null for torch's default), got {cfg.threads}")
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise UserError(f"seed must lie in [0, 2**32), got {cfg.seed}")
+    if cfg.data.image_size is not None and cfg.data.image_size < 1:
+        raise UserError("data.image_size must be positive")
+    s = cfg.search
+    if s.w_momentum < 0 or s.w_weight_decay < 0 or s.a_weight_decay < 0 or s.a_lr < 0 or s.grad_clip <= 0:
+        raise UserError("search.w_momentum, search.w_weight_decay, search.a_weight_decay and search.a_lr must be "
+                        ">= 0 and search.grad_clip > 0")
+    if s.w_nesterov and s.w_momentum <= 0:
+        raise UserError("search.w_nesterov needs search.w_momentum > 0")
+    if not (0 <= s.a_beta1 < 1 and 0 <= s.a_beta2 < 1):
+        raise UserError("search.a_beta1 and search.a_beta2 must lie in [0, 1)")
+    t = cfg.train
+    if t.momentum < 0 or t.weight_decay < 0 or (t.nesterov and t.momentum <= 0):
+        raise UserError("train.momentum and train.weight_decay must be >= 0 (train.nesterov needs momentum > 0)")
+    need = estimated_activation_bytes(cfg)
+    if need > MAX_ACTIVATION_BYTES:
+        raise UserError(f"space.C={cfg.space.C}, space.N={cfg.space.N}, data.batch_size={cfg.data.batch_size} and "
+                        f"data.image_size={cfg.data.image_size} need about {need / 2 ** 30:.0f} GiB of activations "
+                        f"per step, beyond the {MAX_ACTIVATION_BYTES >> 30} GiB archselect allows")
 
 
 SPLIT_CHOICES = {
@@ -355,3 +476,46 @@ def check_rules(options: Any, prefix: str, rules: list[tuple[bool, str, str]]) -
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# -- what a --resume may change ---------------------------------------------------------------------------------------
+
+# Keys whose new value really takes effect when a search resumes: the optimizers and the schedule are rebuilt from
+# them after the checkpoint is loaded (SearchOptimizer.apply_hyperparameters), the selection runs after the search,
+# and the rest only say where and how to run. Anything else (space.*, data.subset, seed, search.optimizer, ...) is
+# fixed by the checkpoint; changing it on --resume is refused rather than recorded without effect.
+ENVIRONMENT_KEYS = ("device", "threads", "benchmark", "data.data_dir", "data.download")
+SEARCH_RESUMABLE = (*ENVIRONMENT_KEYS, "search.w_lr", "search.w_lr_min", "search.w_momentum", "search.w_weight_decay",
+                    "search.w_nesterov", "search.grad_clip", "search.a_lr", "search.a_beta1", "search.a_beta2",
+                    "search.a_weight_decay", "search.checkpoint_every", "search.hessian_eig", "search.hessian_batches",
+                    "search.hessian_iters", "select.")
+TRAIN_RESUMABLE = ENVIRONMENT_KEYS
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs (inside mappings, key by key)."""
+    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, a) != b.get(k, b))
+
+
+def resume_config(path: str | Path, overrides: list[str], allowed=SEARCH_RESUMABLE) -> RunConfig:
+    """The stored config of a run with `overrides` applied, refusing (before anything is written) any override that
+    changes a key a resume cannot honour."""
+    stored = load_config(path)
+    cfg = load_config(path, overrides)
+    refused = [k for k in changed_keys(stored, cfg)
+               if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in allowed)]
+    if refused:
+        raise UserError(f"--resume cannot change {', '.join(refused)} (the checkpoint fixes it); it may change "
+                        f"only {', '.join(a + '*' if a.endswith('.') else a for a in allowed)}; start a new run "
+                        f"with --out instead")
+    return cfg

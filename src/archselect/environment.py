@@ -42,6 +42,11 @@ def keep_freed_memory() -> bool:
 
 
 def configure(seed: int, deterministic: bool, threads: int | None) -> None:
+    # --seed and other late settings bypass config.check: the same ranges, checked before anything is seeded
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise UserError(f"seed must be an integer in [0, 2**32), got {str(seed)[:40]}")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise UserError(f"threads must lie in 1..1024 (or null for torch's default), got {str(threads)[:40]}")
     keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -31,8 +32,22 @@ os.umask(_UMASK)  # read the process umask (os has no getter)
 
 # -- atomic files ---------------------------------------------------------------------------------------------------
 
+def fs_error(e: OSError, action: str, path: Path) -> UserError:
+    """A file-system failure (read-only, full disk, a path under a file, a name too long) as one line."""
+    return UserError(f"cannot {action} {path}: {e.strerror or type(e).__name__}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file, fsync, rename, directory fsync); a file-system error is
+    a one-line UserError and leaves no temporary file."""
     path = Path(path)
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as e:
+        raise fs_error(e, "write", path) from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -65,14 +80,33 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
 
 
+MAX_JSON_BYTES = 256 << 20  # no run file comes near this; a bigger one is not ours
+
+
 def read_json(path: Path, what: str | None = None) -> Any:
     p = Path(path)
     try:
-        return json.loads(p.read_text())
+        if p.stat().st_size > MAX_JSON_BYTES:
+            raise UserError(f"{what or p} is too large to be an archselect file ({p.stat().st_size} bytes): {p}")
+        return json.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what or p} not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{what or p} is damaged or not JSON: {p} ({e})") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise UserError(f"{what or p} is damaged or not JSON: {p} ({_one_line(e)})") from None
+    except RecursionError:
+        raise UserError(f"{what or p} is damaged or not JSON: {p} (nested too deeply)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what or p}: {p} ({e.strerror or e})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def state_digest(meta: Any) -> str:
+    """sha256 of a checkpoint's JSON state in a canonical form (JSON round-trips it exactly)."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # -- nested state with tensors <-> (tensors, JSON) --------------------------------------------------------------------
@@ -94,6 +128,7 @@ def split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> An
 
 
 def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `split_tensors`; a structure it did not write raises KeyError, TypeError or ValueError."""
     if isinstance(obj, dict):
         if "__tensor__" in obj:
             return tensors[obj["__tensor__"]]
@@ -120,7 +155,7 @@ def save_checkpoint(directory: Path, name: str, step: int, state: dict[str, Any]
     atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
     atomic_write_json(stem.with_suffix(".json"), {
         "name": name, "step": step, "time": time.time(),
-        "sha256": hashlib.sha256(blob).hexdigest(), "state": meta,
+        "sha256": hashlib.sha256(blob).hexdigest(), "state_sha256": state_digest(meta), "state": meta,
     })
     remove_checkpoints(directory, name, keep=KEEP_CHECKPOINTS)
     return stem
@@ -150,29 +185,85 @@ def list_checkpoints(directory: Path, name: str) -> list[Path]:
 
 
 def load_checkpoint_file(stem: Path) -> dict[str, Any]:
+    """A checkpoint's state, verified: the tensor file's sha256 and (written since the JSON state got one; older
+    checkpoints have only the first) the JSON state's, then the structure. Any failure is a one-line UserError."""
     meta = read_json(stem.with_suffix(".json"), "checkpoint metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or "state" not in meta:
+        raise UserError(f"checkpoint {stem.with_suffix('.json')} is damaged (not a checkpoint record)")
     blob_path = stem.with_suffix(".safetensors")
     try:
         blob = blob_path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"checkpoint {blob_path} is missing") from None
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {blob_path} ({e.strerror or e})") from None
+    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
         raise UserError(f"checkpoint {blob_path} is damaged (checksum mismatch)")
+    if "state_sha256" in meta and state_digest(meta["state"]) != meta["state_sha256"]:
+        raise UserError(f"checkpoint {stem.with_suffix('.json')} is damaged (state checksum mismatch)")
     try:
         tensors = st_load(blob)
     except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise UserError(f"checkpoint {blob_path} is damaged ({e})") from None
-    return join_tensors(meta["state"], tensors)
+        raise UserError(f"checkpoint {blob_path} is damaged ({_one_line(e)})") from None
+    try:
+        state = join_tensors(meta["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise UserError(f"checkpoint {stem.with_suffix('.json')} is damaged (bad structure: "
+                        f"{type(e).__name__} {_one_line(e)})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {stem.with_suffix('.json')} is damaged (its state is not a mapping)")
+    return state
 
 
-def load_latest_checkpoint(directory: Path, name: str) -> dict[str, Any] | None:
-    """The newest checkpoint of `name` that verifies; a damaged newer one is reported and skipped, not deleted."""
+def load_latest_checkpoint(directory: Path, name: str, apply=None) -> dict[str, Any] | None:
+    """The newest checkpoint of `name` that verifies (and, given `apply`, that `apply(state)` accepts: loads into
+    the model, optimizers and position without error); a damaged or unfitting newer one is reported in one line and
+    skipped, not deleted. When none is left, the oldest one's error is raised."""
     stems = list_checkpoints(directory, name)
     for i, stem in enumerate(reversed(stems)):
         try:
-            return load_checkpoint_file(stem)
+            state = load_checkpoint_file(stem)
+            if apply is not None:
+                _apply(stem, apply, state)
+            return state
         except UserError as e:
             if i == len(stems) - 1:
                 raise
             log.warning("warning: %s; falling back to the previous checkpoint", e)
     return None
+
+
+def _apply(stem: Path, apply, state: dict[str, Any]) -> None:
+    try:
+        apply(state)
+    except UserError as e:
+        raise UserError(f"checkpoint {stem} does not fit this run ({e})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to load a verified state means it does not fit
+        raise UserError(f"checkpoint {stem} does not fit this run ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Paths of the floating-point tensors inside `state` that hold a NaN or an infinity (checked before a
+    checkpoint is written, so a checkpoint never holds them)."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix] if bad else []
+    if isinstance(state, dict):
+        return [p for k, v in state.items() for p in nonfinite_tensors(v, f"{prefix}/{k}" if prefix else str(k))]
+    if isinstance(state, (list, tuple)):
+        return [p for i, v in enumerate(state) for p in nonfinite_tensors(v, f"{prefix}/{i}")]
+    if isinstance(state, float) and not math.isfinite(state):
+        return [prefix]
+    return []
+
+
+def check_optimizer_state(optimizer) -> None:
+    """torch loads an optimizer's per-parameter state without comparing shapes; a checkpoint of another model
+    would fail at the next step (or silently broadcast). Compare them here."""
+    for opt in [v for v in vars(optimizer).values() if isinstance(v, torch.optim.Optimizer)]:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for k, v in opt.state.get(p, {}).items():
+                    if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                        raise UserError(f"optimizer state {k!r} of shape {tuple(v.shape)} for a parameter of "
+                                        f"shape {tuple(p.shape)}")

@@ -108,7 +108,10 @@ class _Parser:
         return self.sequence(item, "(" if self.at("punct", "(") else "[")
 
     def integer(self) -> int:
-        return int(self.take("int", what="a non-negative integer"))
+        text = self.take("int", what="a non-negative integer")
+        if len(text) > 6:
+            raise UserError(f"bad genotype: node index {text[:12]}... is far too large")
+        return int(text)
 
     def pair(self) -> tuple[str, int]:
         pos = self.peek()[2]

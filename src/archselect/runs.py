@@ -15,11 +15,13 @@ spells the names of its files; every stage reads and writes a run through `RunDi
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -31,8 +33,8 @@ import torch
 from .version import __version__
 from .config import RunConfig, dump_yaml, load_config
 from .errors import UserError
-from .files import (atomic_write_bytes, atomic_write_json, list_checkpoints, load_latest_checkpoint, read_json,
-                    save_checkpoint)
+from .files import (atomic_write_bytes, atomic_write_json, fs_error, list_checkpoints, load_latest_checkpoint,
+                    read_json, save_checkpoint)
 
 SEARCH_CHECKPOINT = "search"     # the search loop's checkpoints
 SUPERNET_CHECKPOINT = "supernet"  # the trained supernet the selection stage reads
@@ -128,12 +130,14 @@ class RunDir:
         `resumes`."""
         if resume and self.manifest_file.is_file():
             old = self.read_manifest()
-            old.setdefault("resumes", []).append({**info, "overrides": list(overrides)})
+            if not isinstance(old, dict) or not isinstance(old.setdefault("resumes", []), list):
+                raise UserError(f"run manifest {self.manifest_file} is damaged (not an archselect manifest)")
+            old["resumes"].append({**info, "overrides": list(overrides)})
             info = old
         atomic_write_json(self.manifest_file, info)
 
     def read_result(self) -> dict[str, Any] | None:
-        return read_json(self.result_file, "result") if self.result_file.is_file() else None
+        return read_result(self.result_file) if self.result_file.is_file() else None
 
     def write_result(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.result_file, result)
@@ -157,16 +161,22 @@ class RunDir:
         writer)."""
         save_checkpoint(self.path, SUPERNET_CHECKPOINT, 0, {"supernet": state})
 
-    def load_supernet(self) -> dict[str, torch.Tensor]:
-        state = load_latest_checkpoint(self.path, SUPERNET_CHECKPOINT)
+    def load_supernet(self, into: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The trained supernet's state; loaded `into` a supernet when given (a saved state that does not fit it
+        falls back to the previous one, as a damaged one does)."""
+        apply = (lambda state: into.load_state_dict(state["supernet"])) if into is not None else None
+        state = load_latest_checkpoint(self.path, SUPERNET_CHECKPOINT, apply=apply)
         if state is None:
             raise UserError(f"{self.path} has no trained supernet yet; finish (or --resume) its search first")
         return state["supernet"]
 
     # -- lock ----------------------------------------------------------------------------------------------------------
     def lock(self) -> "RunDir":
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise fs_error(e, "create the run directory", self.path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -175,6 +185,7 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        remove_stale_temporaries(self.path)
         return self
 
     def unlock(self) -> None:
@@ -191,26 +202,98 @@ class RunDir:
 
     # -- metrics -------------------------------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise fs_error(e, "write", self.metrics_file) from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.exists():
             return []
+        try:
+            text = self.metrics_file.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise UserError(f"cannot read {self.metrics_file} ({e.strerror or e})") from None
         records = []
-        for line in self.metrics_file.read_text().splitlines():
+        for line in text.splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 break  # a line cut by a kill: everything after it is lost work anyway
+            if not _metrics_record_ok(record):
+                break  # a record edited into the wrong types: read like a cut line
+            records.append(record)
         return records
 
     def truncate_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Keep only records for which keep(record) is true (drops epochs redone after a resume)."""
         kept = [r for r in self.read_metrics() if keep(r)]
         atomic_write_bytes(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+TEMP_DIRS = ("", "checkpoints", "selections", "report")  # where a run's own writers put temporary files
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files (`.NAME.XXXX.tmp`, up to a checkpoint in size) that a kill inside
+    `atomic_write_bytes` left in a run directory. Called with the run's lock held, so no writer of this run is alive;
+    nested run directories (a split search's nodes) have their own locks and are left to their own writers."""
+    removed = []
+    for sub in TEMP_DIRS:
+        d = Path(path) / sub
+        if d.is_dir():
+            for tmp in d.glob(".*.tmp"):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+    return removed
+
+
+_STARTER_FILES = {"config.yaml", "manifest.json", ".lock", "architecture.json", "log.txt"}
+
+
+@contextlib.contextmanager
+def discard_if_stillborn(path: str | Path, enabled: bool = True):
+    """Around the start of a new run: if a UserError (a config error found only once the run directory exists, a
+    missing dataset) stops it before it recorded any work, remove the directory it created, so the same --out can
+    be used again. A directory that existed before, or holds any work (metrics, a checkpoint), is left alone."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield
+    except UserError:
+        if enabled and not existed and path.is_dir():
+            entries = list(path.rglob("*"))
+            if all(p.name in _STARTER_FILES or (p.is_dir() and not any(p.iterdir())) or p.name.endswith(".tmp")
+                   for p in entries):
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A run's result.json, its types checked where a summary reads it (selections, benchmark metrics)."""
+    result = read_json(path, "result")
+    bench = result.get("benchmark", {}) if isinstance(result, dict) else None
+    ok = (isinstance(result, dict) and isinstance(result.get("selections", {}), dict)
+          and all(isinstance(k, str) and isinstance(v, str) for k, v in result.get("selections", {}).items())
+          and isinstance(bench, dict) and (isinstance(bench.get("note"), str) if "note" in bench else all(
+              v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for k, v in bench.items()
+              if k in ("cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_test"))))
+    if not ok:
+        raise UserError(f"result {path} is damaged (not an archselect result)")
+    return result
+
+
+def _metrics_record_ok(r: Any) -> bool:
+    """A metrics record: a mapping with a non-negative integer epoch whose timing, lr, loss and accuracy fields
+    are numbers."""
+    if not isinstance(r, dict) or isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int):
+        return False
+    numeric = [v for k, v in r.items() if k in ("seconds", "lr") or k.endswith(("_loss", "_acc"))]
+    return r["epoch"] >= 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numeric)
 
 
 class BenchDir:

@@ -22,10 +22,33 @@ _ALLOWED = {
 }
 
 
+MAX_ALLOCATION = 1 << 31  # bytes one constructor call may ask for (2 GiB; a CIFAR batch holds 30 MB)
+
+
+def _bounded_size(n) -> None:
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_ALLOCATION:
+        raise pickle.UnpicklingError(f"refusing to allocate {n} bytes (more than {MAX_ALLOCATION})")
+
+
+def _bounded(kind):
+    """`bytes(n)` and `bytearray(n)` allocate n bytes from a few bytes of pickle: bound n before calling."""
+    def make(*args, **kwargs):
+        if args:
+            _bounded_size(args[0])
+        return kind(*args, **kwargs)
+    return make
+
+
+# numpy arrays come through _reconstruct + __setstate__, which checks the data against the shape before copying.
+_GUARDED = {("builtins", "bytes"): _bounded(bytes), ("builtins", "bytearray"): _bounded(bytearray)}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not plain data")
+        if (module, name) in _GUARDED:
+            return _GUARDED[module, name]
         return super().find_class(module, name)
 
 
@@ -35,7 +58,7 @@ def load(f: IO[bytes], *, what: str = "file", encoding: str = "ASCII"):
         return _RestrictedUnpickler(f, encoding=encoding).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, RecursionError, OverflowError, UnicodeError) as e:
-        raise UserError(f"{what}: not a readable data file ({e})") from None
+        raise UserError(f"{what}: not a readable data file ({' '.join(str(e).split())[:300]})") from None
 
 
 def loads(data: bytes, *, what: str = "file", encoding: str = "ASCII"):

@@ -16,13 +16,23 @@ _DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
 _CODES = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when the name ends in .gz."""
+MAX_IDX_BYTES = 1 << 31  # 2 GiB decompressed: 40x Fashion-MNIST's training images; a header asking more is refused
+
+
+def read_bytes(path: Path, limit: int = MAX_IDX_BYTES) -> bytes:
+    """The file's content, gunzipped when the name ends in .gz; never more than `limit` bytes are decompressed
+    (a small gzip file can expand a thousandfold)."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+                data = f.read(limit + 1)
+        else:
+            if path.stat().st_size > limit:
+                raise UserError(f"{path}: larger than the {limit} bytes archselect reads from a data file")
+            data = path.read_bytes()
+        if len(data) > limit:
+            raise UserError(f"{path}: decompresses to more than the {limit} bytes archselect reads from a data file")
+        return data
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise UserError(f"{path}: damaged gzip file ({e})") from None
     except OSError as e:
@@ -49,8 +59,31 @@ def parse_idx(data: bytes, what: str = "IDX data") -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.itemsize > 1 else arr
 
 
-def read_idx(path: Path) -> np.ndarray:
-    return parse_idx(read_bytes(Path(path)), what=str(path))
+def read_idx(path: Path, limit: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file, checking the size its header declares against `limit` before reading (decompressing)
+    the data: a header cannot make archselect allocate more than that."""
+    path = Path(path)
+    head = _read_head(path)
+    if len(head) >= 4 and head[0] == 0 == head[1] and head[2] in _DTYPES and 0 < head[3] and len(head) >= 4 + 4 * head[3]:
+        dims = struct.unpack(f">{head[3]}I", head[4:4 + 4 * head[3]])
+        need = 4 + 4 * head[3] + prod(dims) * _DTYPES[head[2]].itemsize
+        if need > limit:
+            raise UserError(f"{path}: its IDX header declares {dims} ({need} bytes), more than the {limit} bytes "
+                            f"archselect reads from a data file")
+        limit = need
+    return parse_idx(read_bytes(path, limit), what=str(path))
+
+
+def _read_head(path: Path) -> bytes:
+    """The first bytes (magic number and dims) of an IDX file, gunzipped when needed; b'' when unreadable (the full
+    read then reports the error)."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            return head + (f.read(4 * head[3]) if len(head) == 4 else b"")
+    except (OSError, EOFError, zlib.error):
+        return b""
 
 
 def encode_idx(arr: np.ndarray) -> bytes:

@@ -46,7 +46,10 @@ def image_rows(batch: dict, path: Path, row_len: int) -> np.ndarray:
 def int_labels(batch: dict, key: str, path: Path, n: int, low: int, high: int) -> np.ndarray:
     """Field ``key`` as int64 (n,), every value in [low, high]."""
     try:
-        labels = np.asarray(field(batch, key, path), dtype=np.int64)
+        raw = np.asarray(field(batch, key, path))
+        if raw.size and raw.dtype.kind not in "iu":  # 1.7 or True must not become class 1 silently
+            raise TypeError(raw.dtype)
+        labels = raw.astype(np.int64)
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{path}: {key!r} is not a list of integers") from None
     if labels.shape != (n,):

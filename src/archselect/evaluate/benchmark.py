@@ -404,10 +404,16 @@ def _convert_release(release: Any, where: str) -> bytes:
 def _load_pbz2(path: Path) -> Any:
     """A bz2-compressed pickle of plain data, read with the restricted unpickler (never pickle.load)."""
     try:
-        data = bz2.decompress(path.read_bytes())
+        decompressor = bz2.BZ2Decompressor()
+        data = decompressor.decompress(path.read_bytes(), max_length=MAX_PBZ2_BYTES + 1)
     except (OSError, ValueError, EOFError) as e:
         raise UserError(f"{path}: not a readable .pbz2 file ({e})") from None
+    if len(data) > MAX_PBZ2_BYTES:
+        raise UserError(f"{path}: decompresses to more than the {MAX_PBZ2_BYTES} bytes a NATS-Bench file may hold")
     return safe_pickle.loads(data, what=str(path))
+
+
+MAX_PBZ2_BYTES = 1 << 30  # the NATS-Bench fast-mode meta file is well under this; a bz2 bomb is stopped here
 
 
 def _convert_nats_dir(root: Path) -> bytes:

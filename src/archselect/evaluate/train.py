@@ -29,7 +29,7 @@ from ..config import RunConfig, SpaceConfig, TrainConfig
 from ..data import ImageSet, Loader, load_dataset
 from ..environment import rng_state, set_rng_state
 from ..errors import UserError
-from ..files import load_latest_checkpoint, save_checkpoint
+from ..files import check_optimizer_state, load_latest_checkpoint, nonfinite_tensors, save_checkpoint
 from ..runs import RunDir
 from .flops import count_flops, count_parameters
 from .metrics import loss_and_accuracy
@@ -102,20 +102,37 @@ class TrainRun:
                 "test": self.test}
 
     def save(self) -> None:
-        save_checkpoint(self.run.checkpoints, CHECKPOINT, self.epoch, self.state())
+        state = self.state()
+        if nonfinite_tensors(state):
+            raise UserError(f"non-finite values in the model or optimizer after epoch {self.epoch}, not "
+                            f"checkpointed (lower train.lr and start again)")
+        save_checkpoint(self.run.checkpoints, CHECKPOINT, self.epoch, state)
 
     def restore(self) -> bool:
-        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT)
+        """Continue from the newest checkpoint that verifies and fits; metrics past it (all when none) are dropped."""
+        state = load_latest_checkpoint(self.run.checkpoints, CHECKPOINT, apply=self._load_state)
         if state is None:
+            self.run.truncate_metrics(lambda r: False)
             return False
+        done = self.epoch
+        self.run.truncate_metrics(lambda r: isinstance(r.get("epoch"), int) and r["epoch"] < done)
+        return True
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        epoch, test = state["epoch"], state["test"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= max(self.cfg.train.epochs, 0):
+            raise UserError(f"epoch {epoch!r} is not an epoch of this run")
+        if test is not None and not (isinstance(test, dict) and all(
+                isinstance(test.get(k), (int, float)) for k in ("epoch", "test_loss", "test_acc"))):
+            raise UserError("its test record is malformed")
+        if nonfinite_tensors(state["model"]):
+            raise UserError("its model holds non-finite values")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        check_optimizer_state(self)
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        self.epoch, self.test = state["epoch"], state["test"]
-        done = self.epoch
-        self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
-        return True
+        self.epoch, self.test = epoch, test
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def train(self) -> None:

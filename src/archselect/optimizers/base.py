@@ -10,6 +10,7 @@ without a torch optimizer, calls `distributed.average_gradients` itself (a no-op
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +115,37 @@ class SearchOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def apply_hyperparameters(self) -> list[str]:
+        """After `load_state_dict`: make the torch optimizers and the schedule follow `self.cfg` wherever it differs
+        from the checkpointed settings (a `--resume` that lowers a learning rate). The weight lr continues on the
+        cosine schedule of the new `w_lr`/`w_lr_min` from the current epoch. Unchanged settings are left untouched,
+        so a plain resume stays bit-identical. Returns the settings changed."""
+        c, changed = self.cfg, []
+        sched = self.scheduler
+        if list(sched.base_lrs) != [c.w_lr] * len(sched.base_lrs) or sched.eta_min != c.w_lr_min:
+            changed += ["w_lr", "w_lr_min"]
+            t = min(max(sched.last_epoch, 0), sched.T_max)
+            lr = c.w_lr_min + (c.w_lr - c.w_lr_min) * (1 + math.cos(math.pi * t / sched.T_max)) / 2
+            sched.base_lrs, sched.eta_min = [c.w_lr] * len(sched.base_lrs), c.w_lr_min
+            sched._last_lr = [lr] * len(sched.base_lrs)
+            for g in self.w_optimizer.param_groups:
+                g["lr"], g["initial_lr"] = lr, c.w_lr
+        wanted = {"momentum": c.w_momentum, "weight_decay": c.w_weight_decay, "nesterov": c.w_nesterov}
+        changed += _set_groups(self.w_optimizer, wanted)
+        a_opt = getattr(self, "a_optimizer", None)
+        if isinstance(a_opt, torch.optim.Adam):
+            wanted = {"lr": c.a_lr, "betas": (c.a_beta1, c.a_beta2), "weight_decay": c.a_weight_decay}
+            changed += [f"a_{k}" for k in _set_groups(a_opt, wanted)]
+        return sorted(set(changed))
+
+
+def _set_groups(optimizer: torch.optim.Optimizer, wanted: dict[str, Any]) -> list[str]:
+    changed = []
+    for g in optimizer.param_groups:
+        for k, v in wanted.items():
+            current = tuple(g[k]) if isinstance(g.get(k), (list, tuple)) else g.get(k)
+            if current != v:
+                g[k] = v
+                changed.append(k)
+    return changed

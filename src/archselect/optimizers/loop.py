@@ -25,7 +25,7 @@ from ..environment import rng_state, set_rng_state
 from ..errors import UserError
 from ..evaluate.diagnostics import hessian_record
 from ..evaluate.metrics import loss_and_accuracy
-from ..files import load_latest_checkpoint, save_checkpoint
+from ..files import check_optimizer_state, load_latest_checkpoint, nonfinite_tensors, save_checkpoint
 from ..runs import SEARCH_CHECKPOINT, RunDir
 from . import OPTIMIZERS
 
@@ -37,13 +37,37 @@ class NumericalFault(UserError):
     """A NaN or inf appeared; the last good checkpoint is kept."""
 
 
-def _check_finite(values: dict[str, float], supernet, epoch: int, step: int) -> None:
+def _check_finite(values: dict[str, float], supernet, epoch: int, step: int, run: RunDir | None = None) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if not bad and all(torch.isfinite(a).all() for a in supernet.arch_parameters()):
         return
     what = ", ".join(bad) if bad else "architecture parameters"
-    raise NumericalFault(f"non-finite {what} at epoch {epoch} step {step}; the last good checkpoint is kept "
-                         f"(lower search.w_lr or search.a_lr and --resume)")
+    raise NumericalFault(f"non-finite {what} at epoch {epoch} step {step}; {_kept(run)}")
+
+
+def _kept(run: RunDir | None) -> str:
+    """What a numerical fault leaves behind, truthfully: a checkpoint to resume from, or none."""
+    if run is None or run.has_search_checkpoint():
+        return "the last good checkpoint is kept (lower search.w_lr or search.a_lr and --resume)"
+    return ("no checkpoint was written before it (start again with a lower search.w_lr or search.a_lr; "
+            "--resume with one starts from scratch)")
+
+
+def check_state_finite(state: dict[str, Any], epoch: int, step: int, run: RunDir | None = None) -> None:
+    """Everything a checkpoint saves (weights, BN running statistics, optimizer states, meters) must be finite
+    before it is written, so the checkpoint a NaN leaves behind is a good one."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NumericalFault(f"non-finite values in {shown} at epoch {epoch} step {step}, not checkpointed; "
+                             f"{_kept(run)}")
+
+
+def _check_int(state: dict[str, Any], key: str, low: int, high: int) -> int:
+    v = state[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise UserError(f"{key} {v!r} is not an integer in [{low}, {high}]")
+    return v
 
 
 def _alpha_record(supernet) -> dict[str, list[list[float]]]:
@@ -90,21 +114,44 @@ class SearchRun:
         if not distributed.is_main():
             return
         position = self.epoch * len(self.data.train) + self.step
-        save_checkpoint(self.run.checkpoints, SEARCH_CHECKPOINT, position, self.state())
+        state = self.state()
+        check_state_finite(state, self.epoch, self.step, self.run)
+        save_checkpoint(self.run.checkpoints, SEARCH_CHECKPOINT, position, state)
 
     def restore(self) -> bool:
-        state = load_latest_checkpoint(self.run.checkpoints, SEARCH_CHECKPOINT)
+        """Continue from the newest checkpoint that verifies and fits (a damaged or unfitting one is reported and
+        the previous one used); metrics past it (all of them when there is none) are dropped. Settings a resume
+        changed (learning rates, ...) take effect here."""
+        state = load_latest_checkpoint(self.run.checkpoints, SEARCH_CHECKPOINT, apply=self._load_state)
         if state is None:
+            if distributed.is_main():  # a kill before the first checkpoint: its epoch starts again from scratch
+                self.run.truncate_metrics(lambda r: False)
             return False
-        self.supernet.load_state_dict(state["supernet"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        self.epoch, self.step, self.meters = state["epoch"], state["step"], state["meters"]
-        self.epoch_start = state.get("epoch_start", {})
+        changed = self.optimizer.apply_hyperparameters()
+        if changed:
+            log.info(f"resume: the optimizers now use the config's {', '.join(changed)}")
         done = self.epoch
         if distributed.is_main():
-            self.run.truncate_metrics(lambda r: r.get("epoch", -1) < done)
+            self.run.truncate_metrics(lambda r: isinstance(r.get("epoch"), int) and r["epoch"] < done)
         return True
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's state, checking that every part fits this run (raises on the first that does not)."""
+        epoch = _check_int(state, "epoch", 0, max(self.cfg.search.epochs, 10 ** 6))
+        step = _check_int(state, "step", 0, max(len(self.data.train) - 1, 0))
+        meters, epoch_start = state["meters"], state.get("epoch_start", {})
+        for what, d in (("meters", meters), ("epoch_start", epoch_start)):
+            if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                  and not isinstance(v, bool) for k, v in d.items()):
+                raise UserError(f"{what} is not a mapping of names to numbers")
+        bad = nonfinite_tensors({"supernet": state["supernet"], "meters": meters})
+        if bad:
+            raise UserError(f"non-finite values in {bad[0]}")
+        self.supernet.load_state_dict(state["supernet"])  # strict: every key, every shape
+        self.optimizer.load_state_dict(state["optimizer"])
+        check_optimizer_state(self.optimizer)
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.meters, self.epoch_start = epoch, step, dict(meters), dict(epoch_start)
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -120,7 +167,7 @@ class SearchRun:
             for x, y in train.epoch(self.epoch, start=self.step):
                 v = valid.batch(self.epoch, self.step % len(valid))
                 out = self.optimizer.step((x, y), v, self.epoch)
-                _check_finite(out, self.supernet, self.epoch, self.step)
+                _check_finite(out, self.supernet, self.epoch, self.step, self.run)
                 self._accumulate(out)
                 self.step += 1
                 bar.update(1)
@@ -147,7 +194,7 @@ class SearchRun:
         valid_loss, valid_acc = loss_and_accuracy(self.supernet, self.data.valid)
         valid = distributed.mean_over_ranks({"loss": valid_loss, "acc": valid_acc})
         valid_loss, valid_acc = valid["loss"], valid["acc"]
-        _check_finite({"search_valid_loss": valid_loss}, self.supernet, self.epoch, self.step)
+        _check_finite({"search_valid_loss": valid_loss}, self.supernet, self.epoch, self.step, self.run)
         record = {"epoch": self.epoch, "lr": lr, **means, "search_valid_loss": valid_loss,
                   "search_valid_acc": valid_acc, "seconds": seconds, "alpha": _alpha_record(self.supernet),
                   **self.epoch_start}

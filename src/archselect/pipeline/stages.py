@@ -25,7 +25,7 @@ import torch
 from .. import distributed, logs
 from ..arch import Architecture, load_architecture
 from ..components import loaders, space_of, to_device
-from ..config import RunConfig, build, check, load_config, to_dict
+from ..config import SEARCH_RESUMABLE, TRAIN_RESUMABLE, RunConfig, build, check, load_config, resume_config, to_dict
 from ..environment import choose_device, configure
 from ..errors import UserError
 from ..evaluate.lookup import benchmark_metrics
@@ -37,7 +37,7 @@ from ..fewshot.tree import describe
 from ..jobs import read_jobs, run_jobs
 from ..ranks import serve
 from ..reporting import html, plots
-from ..runs import RunDir, is_bench, manifest, open_run
+from ..runs import RunDir, discard_if_stillborn, is_bench, manifest, open_run
 from ..scoring.workers import Workers, launch_workers
 from ..optimizers.loop import SearchRun, train_supernet
 from ..selection.base import Selection
@@ -77,7 +77,7 @@ class Run(RunDir):
         cfg = self.read_config()
         data = loaders(cfg, torch.device(device))
         net = space_of(cfg, data.in_channels, data.num_classes).supernet()
-        net.load_state_dict(self.load_supernet())
+        self.load_supernet(into=net)
         return to_device(net, torch.device(device), cfg.search.channels_last)
 
 
@@ -127,11 +127,14 @@ def new_run(config: str | Path | RunConfig | None, out: str | Path | None, overr
     return run, cfg
 
 
-def resumed_run(path: str | Path, overrides: Overrides | None = None) -> tuple[Run, RunConfig]:
+def resumed_run(path: str | Path, overrides: Overrides | None = None, allowed=SEARCH_RESUMABLE
+                ) -> tuple[Run, RunConfig]:
+    """An existing run and its config with `overrides`; an override a resume cannot honour (one the checkpoint
+    fixes, e.g. space.C or the seed) is refused in one line before anything is written."""
     run = Run(path)
     if not run.exists():
         raise UserError(f"{path} is not a run directory (no config.yaml)")
-    return run, run.read_config(override_list(overrides))
+    return run, resume_config(run.config_file, override_list(overrides), allowed)
 
 
 def search(config: str | Path | RunConfig | None = None, out: str | Path | None = None, *,
@@ -146,11 +149,11 @@ def search(config: str | Path | RunConfig | None = None, out: str | Path | None 
     if resume is not None:
         if config is not None or out is not None:
             raise UserError("--resume takes its config from the run directory; drop --config/--out")
-        run, cfg = resumed_run(resume, extra)
+        run, cfg = resumed_run(resume, extra + ([f"seed={seed}"] if seed is not None else []))
     else:
         run, cfg = new_run(config, out, extra)
-    if seed is not None:
-        cfg.seed = seed
+        if seed is not None:
+            cfg.seed = seed
     if device:
         cfg.device = device
     if selectors:
@@ -175,7 +178,7 @@ def search_run(run: RunDir, cfg: RunConfig, device: torch.device, resume: bool =
     every configured selector that has no valid selection yet, write result.json. Under torchrun rank 0 alone locks
     and writes the run directory and selects, the other ranks computing shares of its evaluations."""
     main = distributed.is_main()
-    with _writing(run) if main else contextlib.nullcontext():
+    with discard_if_stillborn(run.path, main and not resume), _writing(run) if main else contextlib.nullcontext():
         if main:
             run.write_config(cfg)
             run.record_manifest({**manifest(cfg.seed, str(device)), "world_size": distributed.world()}, resume,
@@ -349,7 +352,8 @@ def train(arch: str | Architecture, config: str | Path | RunConfig | None = None
     if resume is not None:
         if config is not None or out is not None:
             raise UserError("--resume takes its config from the run directory; drop --config/--out")
-        run, cfg = resumed_run(resume, overrides)
+        run, cfg = resumed_run(resume, override_list(overrides) + ([f"seed={seed}"] if seed is not None else []),
+                               TRAIN_RESUMABLE)
         stored = Architecture.from_dict(run.read_json(run.architecture_file, "trained architecture", {}))
         if str(stored) != str(arch):
             raise UserError(f"{resume} retrains {stored}, not {arch}")
@@ -359,7 +363,7 @@ def train(arch: str | Architecture, config: str | Path | RunConfig | None = None
         cfg.seed = seed
     if device:
         cfg.device = device
-    with _started(cfg) as dev, _writing(run):
+    with _started(cfg) as dev, discard_if_stillborn(run.path, resume is None), _writing(run):
         # the architecture before config.yaml (which makes the directory a run): a kill in between must not leave
         # a run that --resume cannot check the architecture of
         run.write_json(run.architecture_file, arch.to_dict())
@@ -396,8 +400,8 @@ def show(run: str | Path | RunDir) -> str:
     if metrics:
         last = metrics[-1]
         lines.append(f"last epoch: train acc {last.get('train_acc', float('nan')):.3f}, "
-                     f"search-valid acc {last['search_valid_acc']:.3f}, "
-                     f"{sum(m['seconds'] for m in metrics):.0f}s in all")
+                     f"search-valid acc {last.get('search_valid_acc', float('nan')):.3f}, "
+                     f"{sum(m.get('seconds', 0.0) for m in metrics):.0f}s in all")
     result = run.result
     if result is None:
         lines.append("no result yet (search unfinished: archselect search --resume RUN)")

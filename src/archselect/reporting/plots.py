@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,6 +44,16 @@ def png_bytes(fig) -> bytes:
 
 def save_png(data: bytes, path: Path) -> Path:
     atomic_write_bytes(path, data)
+    return path
+
+
+def report_file(out_dir: Path, kind: str, name: str) -> Path:
+    """`out_dir/KIND_NAME.png` for a name read from a run's files (a selector, a cell type): anything but letters,
+    digits, '-' and '_' becomes '_', so a crafted name can never reach outside `out_dir`."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(name))[:80] or "_"
+    path = Path(out_dir) / f"{kind}_{safe}.png"
+    if path.parent != Path(out_dir):
+        raise UserError(f"refusing to write {path}: outside {out_dir}")
     return path
 
 
@@ -330,10 +341,10 @@ def plot_run(run_path: str | Path, engine: str = "auto") -> list[Path]:
     for ct in shapes:
         if metrics:
             fig = alpha_trajectories(metrics, ct, edges[ct], ops)
-            written.append(save_png(png_bytes(fig), out_dir / f"alpha_{ct}.png"))
+            written.append(save_png(png_bytes(fig), report_file(out_dir, "alpha", ct)))
         if selections:
             fig = score_heatmaps(selections, ct, edges[ct], ops)
-            written.append(save_png(png_bytes(fig), out_dir / f"scores_{ct}.png"))
+            written.append(save_png(png_bytes(fig), report_file(out_dir, "scores", ct)))
     for name, sel in selections.items():
-        written.append(save_png(cell_diagram(sel.architecture, ops, engine), out_dir / f"cell_{name}.png"))
+        written.append(save_png(cell_diagram(sel.architecture, ops, engine), report_file(out_dir, "cell", name)))
     return written

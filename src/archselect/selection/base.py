@@ -17,6 +17,7 @@ import torch
 
 from ..arch import Architecture
 from ..config import build
+from ..errors import UserError
 from ..registry import Registry
 from ..supernet import Supernet
 from ..scoring.cost import Cost
@@ -48,8 +49,30 @@ class Selection:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Selection":
+        """A selection read from a file, its types checked (a hand-edited file is a one-line UserError)."""
+        check_selection_record(d)
         return cls(d["selector"], Architecture.from_dict(d["architecture"]), d["scores"], d.get("stderr"),
                    Cost(**d.get("cost", {})), d.get("details", {}))
+
+
+def _is_matrix_map(m: Any) -> bool:
+    return isinstance(m, dict) and all(
+        isinstance(k, str) and isinstance(rows, list) and all(
+            isinstance(r, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+            for r in rows)
+        for k, rows in m.items())
+
+
+def check_selection_record(d: Any) -> None:
+    cost_keys = {"forward": int, "backward": int, "images": int, "seconds": (int, float)}
+    cost = d.get("cost", {}) if isinstance(d, dict) else None
+    ok = (isinstance(d, dict) and isinstance(d.get("selector"), str) and "architecture" in d
+          and _is_matrix_map(d.get("scores")) and (d.get("stderr") is None or _is_matrix_map(d["stderr"]))
+          and isinstance(d.get("details", {}), dict) and isinstance(cost, dict)
+          and all(k in cost_keys and isinstance(v, cost_keys[k]) and not isinstance(v, bool) for k, v in cost.items()))
+    if not ok:
+        raise UserError("not an archselect selection record (selector, architecture, scores, stderr, cost, details "
+                        "of the wrong types)")
 
 
 @dataclass

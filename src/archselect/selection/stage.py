@@ -26,7 +26,7 @@ def build_context(cfg: RunConfig, run: RunDir, device: torch.device) -> Selectio
     data = loaders(cfg, device)
     space = space_of(cfg, data.in_channels, data.num_classes)
     supernet = to_device(space.supernet(), device, cfg.search.channels_last)
-    supernet.load_state_dict(run.load_supernet())
+    run.load_supernet(into=supernet)
     valid = eval_loader(cfg, data.valid.ds, device)
     optimizer = OPTIMIZERS.get(cfg.search.optimizer) if cfg.search.optimizer in OPTIMIZERS else None
     return SelectionContext(space, supernet, valid, data.train, device, cfg.seed, run.selections_dir, search=cfg.search,
@@ -67,12 +67,16 @@ def _assert_unchanged(supernet, reference: dict[str, torch.Tensor], name: str) -
 
 
 def load_selections(run: RunDir) -> dict[str, Selection]:
-    """Every selection RUN holds, by selector name (files of registered selectors only)."""
+    """Every selection RUN holds, by selector name. A damaged file is a one-line error; a file that is not the
+    selection of the registered selector its name says is skipped with a warning (the name goes into output file
+    names, so it must be one we know)."""
     out = {}
     for path in run.selection_files():
-        d = read_json(path, "selection")
-        if isinstance(d, dict) and d.get("selector") in SELECTORS and path.stem == d["selector"]:
-            out[d["selector"]] = Selection.from_dict(d)
+        selection = Selection.from_dict(read_json(path, "selection"))
+        if selection.selector != path.stem or selection.selector not in SELECTORS:
+            log.warning(f"skipping {path}: not a selection of a known selector (it says {selection.selector!r})")
+            continue
+        out[selection.selector] = selection
     return out
 
 

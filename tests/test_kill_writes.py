@@ -1,0 +1,128 @@
+"""Kills inside every kind of write (issue #19): `tests/killpoint.py` SIGKILLs a stage inside its N-th file write —
+before it, half-way (a torn temporary file or half a metrics line) or right after it — at 20 seeded points per
+stage (seed 0 in the first three writes: before the first checkpoint), then the command a user would run next runs
+to completion and must end exactly where the uninterrupted run does (metrics, result, supernet, selections). Two
+points per stage run by default, the others are `slow`."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from archselect.cli import main
+from archselect.files import load_latest_checkpoint
+
+from conftest import tiny_idx_dir
+from killharness import count_writes, kill_in_write, write_kill_point
+from test_cli import comparable_metrics, tiny_args
+from test_kill_stages import ARCH, assert_equal_state, read
+
+POINTS = [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 20))]
+TRAIN = ["data.dataset=digits", "train.C=8", "train.N=1", "train.batch_size=32", "train.subset=192",
+         "train.epochs=3", "train.eval_every=2", "data.eval_batch_size=360", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_idx_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def search_args(data):
+    return [*tiny_args(data, epochs=2), "--selector", "magnitude,shapley",
+            "select.options.shapley={permutations: 3, batch_size: 32, threshold: 0}"]
+
+
+@pytest.fixture(scope="module")
+def searched(search_args, tmp_path_factory):
+    run = tmp_path_factory.mktemp("searched") / "run"
+    assert main(["search", "--out", str(run), *search_args]) == 0
+    return run
+
+
+WRITES: dict[str, int] = {}
+
+
+def writes(stage, args):
+    """The writes of an uninterrupted run of `args` (deterministic: counted once per stage and module)."""
+    if stage not in WRITES:
+        WRITES[stage] = count_writes(args)
+    return WRITES[stage]
+
+
+def next_command(run, start, resume):
+    """What a user runs after a kill: --resume once the directory is a run (config.yaml written), else the start
+    command again (a kill before config.yaml leaves at most an empty directory with a lock file)."""
+    return lambda: resume if (run / "config.yaml").exists() else start
+
+
+def same_supernet(a, b):
+    x, y = load_latest_checkpoint(a, "supernet")["supernet"], load_latest_checkpoint(b, "supernet")["supernet"]
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in y)
+
+
+@pytest.mark.parametrize("seed", POINTS)
+def test_search_killed_inside_a_write(searched, search_args, tmp_path, seed, capsys):
+    run = tmp_path / "run"
+    start = ["search", "--out", str(run), *search_args]
+    n, phase = write_kill_point(seed, writes("search", ["search", "--out", str(tmp_path / "count"), *search_args]))
+    assert kill_in_write(start, next_command(run, start, ["search", "--resume", str(run)]), n, phase)
+    print(f"search: killed in write {n} of {WRITES['search']} ({phase})")
+    assert comparable_metrics(run) == comparable_metrics(searched)
+    assert same_supernet(run, searched)
+    assert read(run / "result.json") == read(searched / "result.json")
+    for name in ("magnitude", "shapley"):
+        assert read(run / "selections" / f"{name}.json") == read(searched / "selections" / f"{name}.json")
+    assert not list(run.glob(".*.tmp")) and not list((run / "checkpoints").glob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--out", str(run), ARCH, *TRAIN]) == 0
+    return run
+
+
+@pytest.mark.parametrize("seed", POINTS)
+def test_retraining_killed_inside_a_write(trained, tmp_path, seed):
+    run = tmp_path / "run"
+    start = ["train", "--out", str(run), ARCH, *TRAIN]
+    n, phase = write_kill_point(seed, writes("train", ["train", "--out", str(tmp_path / "count"), ARCH, *TRAIN]))
+    assert kill_in_write(start, next_command(run, start, ["train", "--resume", str(run), ARCH]), n, phase)
+    print(f"train: killed in write {n} of {WRITES['train']} ({phase})")
+    assert comparable_metrics(run) == comparable_metrics(trained)
+    assert read(run / "result.json") == read(trained / "result.json")
+    a = load_latest_checkpoint(run / "checkpoints", "train")
+    b = load_latest_checkpoint(trained / "checkpoints", "train")
+    for part in ("model", "optimizer", "scheduler"):
+        assert_equal_state(a[part], b[part])
+
+
+@pytest.fixture(scope="module")
+def unselected(searched, tmp_path_factory):
+    """The searched run without its selections, and the same run selected uninterrupted by `archselect select`."""
+    base = tmp_path_factory.mktemp("unselected") / "run"
+    shutil.copytree(searched, base)
+    shutil.rmtree(base / "selections")
+    (base / "comparison.json").unlink(missing_ok=True)
+    reference = base.parent / "reference"
+    shutil.copytree(base, reference)
+    assert main(["select", str(reference), "--selector", "shapley"]) == 0
+    return base, reference
+
+
+@pytest.mark.parametrize("seed", POINTS)
+def test_selection_killed_inside_a_write(unselected, tmp_path, seed):
+    """`select` (Shapley: progress after every permutation, the selection, the comparison) killed in a write, rerun."""
+    base, reference = unselected
+    args = lambda run: ["select", str(run), "--selector", "shapley"]  # noqa: E731
+    if "select" not in WRITES:
+        shutil.copytree(base, tmp_path / "count")
+    n, phase = write_kill_point(seed, writes("select", args(tmp_path / "count")))
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    assert kill_in_write(args(run), lambda: args(run), n, phase)
+    print(f"select: killed in write {n} of {WRITES['select']} ({phase})")
+    assert read(run / "selections" / "shapley.json") == read(reference / "selections" / "shapley.json")
+    assert not list((run / "selections").glob("shapley-progress-*"))
