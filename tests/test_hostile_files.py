@@ -179,6 +179,34 @@ def test_a_small_pickle_cannot_allocate_gigabytes():
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
+class _HugeArray:
+    def __init__(self, via):
+        self.via = via
+
+    def __reduce__(self):
+        import numpy as np
+
+        if self.via == "ndarray":
+            return np.ndarray, ((10 ** 11,), np.dtype("uint8"))
+        return np._core.multiarray._reconstruct, (np.ndarray, (10 ** 6, 10 ** 6), b"b")
+
+
+@pytest.mark.parametrize("via", ["ndarray", "_reconstruct"])
+def test_a_small_pickle_cannot_allocate_a_huge_array(via):
+    import pickle
+
+    import numpy as np
+
+    from archselect import safe_pickle
+    from archselect.errors import UserError
+
+    with pytest.raises(UserError, match="refusing to allocate"):
+        safe_pickle.loads(pickle.dumps(_HugeArray(via)))
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)  # an ordinary array still loads, by either protocol
+    for protocol in (2, 4):  # (protocol 5 pickles arrays through numpy._frombuffer, which is not allowed)
+        assert np.array_equal(safe_pickle.loads(pickle.dumps({"data": array}, protocol=protocol))["data"], array)
+
+
 @pytest.mark.parametrize("labels", [[1.7, 2.2], [True, False], ["1", "2"]])
 def test_labels_of_the_wrong_dtype_are_refused_not_truncated(labels):
     from archselect.data.pickled import int_labels

@@ -126,3 +126,103 @@ def test_selection_killed_inside_a_write(unselected, tmp_path, seed):
     print(f"select: killed in write {n} of {WRITES['select']} ({phase})")
     assert read(run / "selections" / "shapley.json") == read(reference / "selections" / "shapley.json")
     assert not list((run / "selections").glob("shapley-progress-*"))
+
+
+# -- perturbation (DARTS-PT), the split search and the bench: one point by default, 19 slow ----------------------------
+
+MORE_POINTS = [0, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 20))]
+PERTURBATION = ["--selector", "perturbation", "select.options.perturbation={tune_steps: 2, valid_batches: 1}"]
+
+
+@pytest.fixture(scope="module")
+def perturbed(unselected):
+    base, _ = unselected
+    reference = base.parent / "perturbed"
+    shutil.copytree(base, reference)
+    assert main(["select", str(reference), *PERTURBATION]) == 0
+    return reference
+
+
+@pytest.mark.parametrize("seed", MORE_POINTS)
+def test_perturbation_selection_killed_inside_a_write(unselected, perturbed, tmp_path, seed):
+    """DARTS-PT (progress after every decision: the fine-tuned copy, the tuner, the decisions) killed in a write."""
+    base, _ = unselected
+    args = lambda run: ["select", str(run), *PERTURBATION]  # noqa: E731
+    if "perturbation" not in WRITES:
+        shutil.copytree(base, tmp_path / "count")
+    n, phase = write_kill_point(seed, writes("perturbation", args(tmp_path / "count")))
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    assert kill_in_write(args(run), lambda: args(run), n, phase)
+    print(f"perturbation: killed in write {n} of {WRITES['perturbation']} ({phase})")
+    assert read(run / "selections" / "perturbation.json") == read(perturbed / "selections" / "perturbation.json")
+    assert not list((run / "selections").glob("perturbation-progress-*"))
+
+
+@pytest.fixture(scope="module")
+def split_args(data):
+    return [f"data.data_dir={data}", "space.C=4", "space.N=1", "data.batch_size=32", "search.epochs=2",
+            "split.epochs=[1]", "split.batches=1", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def split_searched(split_args, tmp_path_factory):
+    run = tmp_path_factory.mktemp("split") / "run"
+    assert main(["search", "--split", "gm", "--out", str(run), *split_args]) == 0
+    return run
+
+
+@pytest.mark.parametrize("seed", MORE_POINTS)
+def test_split_search_killed_inside_a_write(split_searched, split_args, tmp_path, seed):
+    """The split search (the tree, every node's checkpoints and metrics, each leaf's selections and leaf.json)."""
+    run = tmp_path / "run"
+    start = ["search", "--split", "gm", "--out", str(run), *split_args]
+    count = ["search", "--split", "gm", "--out", str(tmp_path / "count"), *split_args]
+    n, phase = write_kill_point(seed, writes("split", count))
+    assert kill_in_write(start, next_command(run, start, ["search", "--resume", str(run)]), n, phase)
+    print(f"split: killed in write {n} of {WRITES['split']} ({phase})")
+    assert read(run / "result.json") == read(split_searched / "result.json")
+    tree = read(run / "split" / "tree.json")
+    assert tree == read(split_searched / "split" / "tree.json")
+    for node in tree["nodes"]:
+        assert comparable_metrics(run / "split" / node) == comparable_metrics(split_searched / "split" / node)
+    for leaf in tree["leaves"]:
+        assert same_supernet(run / "split" / leaf, split_searched / "split" / leaf)
+
+
+@pytest.fixture(scope="module")
+def bench_config(data, tmp_path_factory):
+    import yaml
+
+    cfg = {"name": "writes", "seeds": [0], "optimizers": ["darts"], "selectors": ["magnitude", "shapley"],
+           "run": {"threads": 1, "space": {"C": 4, "N": 1},
+                   "data": {"dataset": "fashion-mnist", "data_dir": str(data), "batch_size": 32},
+                   "search": {"epochs": 1},
+                   "select": {"options": {"shapley": {"permutations": 2, "batch_size": 32}}}},
+           "diagnostics": {"correlation_samples": 0}}
+    path = tmp_path_factory.mktemp("bench") / "writes.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    reference = path.parent / "reference"
+    assert main(["bench", str(path), "--out", str(reference), "--no-report"]) == 0
+    return path, reference
+
+
+@pytest.mark.parametrize("seed", MORE_POINTS)
+def test_bench_killed_inside_a_write(bench_config, tmp_path, seed):
+    """The bench (bench.yaml, its manifest, each group's run files, summary and tables) killed in a write, rerun."""
+    path, reference = bench_config
+    args = lambda out: ["bench", str(path), "--out", str(out), "--no-report"]  # noqa: E731
+    n, phase = write_kill_point(seed, writes("bench", args(tmp_path / "count")))
+    out = tmp_path / "bench"
+    assert kill_in_write(args(out), lambda: args(out), n, phase)
+    print(f"bench: killed in write {n} of {WRITES['bench']} ({phase})")
+    for table in ("cells.csv", "agreement.csv"):
+        assert bench_rows(out / table) == bench_rows(reference / table)
+
+
+def bench_rows(path):
+    import csv
+
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in ("search_seconds", "select_seconds")}
+                for row in csv.DictReader(f)]

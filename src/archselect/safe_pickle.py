@@ -39,8 +39,41 @@ def _bounded(kind):
     return make
 
 
-# numpy arrays come through _reconstruct + __setstate__, which checks the data against the shape before copying.
-_GUARDED = {("builtins", "bytes"): _bounded(bytes), ("builtins", "bytearray"): _bounded(bytearray)}
+def _bounded_array(kind):
+    """`numpy.ndarray(shape, dtype)` and `_reconstruct(cls, shape, dtype)` allocate shape x itemsize bytes from a few
+    bytes of pickle: bound that before calling (__setstate__ then checks the data against the shape)."""
+    def make(*args, **kwargs):
+        import numpy as np
+
+        shape = kwargs.get("shape", args[1] if kind.__name__ == "_reconstruct" and len(args) > 1 else
+                           args[0] if args else ())
+        dtype = kwargs.get("dtype", args[2] if kind.__name__ == "_reconstruct" and len(args) > 2 else
+                           args[1] if len(args) > 1 else float)
+        dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+        try:
+            count = int(np.prod([int(d) for d in dims], dtype=object))
+            itemsize = np.dtype(dtype).itemsize if not isinstance(dtype, (bytes, str)) or dtype else 1
+        except (TypeError, ValueError):
+            raise pickle.UnpicklingError("an array with a malformed shape or dtype") from None
+        _bounded_size(count * max(itemsize, 1))
+        args = tuple(getattr(a, "wrapped_type", a) for a in args)  # _reconstruct(ndarray, ...) gets the real type
+        return kind(*args, **kwargs)
+    make.__name__ = kind.__name__
+    make.wrapped_type = kind
+    return make
+
+
+def _guarded() -> dict:
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    return {("builtins", "bytes"): _bounded(bytes), ("builtins", "bytearray"): _bounded(bytearray),
+            ("numpy", "ndarray"): _bounded_array(np.ndarray),
+            ("numpy.core.multiarray", "_reconstruct"): _bounded_array(reconstruct),
+            ("numpy._core.multiarray", "_reconstruct"): _bounded_array(reconstruct)}
+
+
+_GUARDED = _guarded()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
