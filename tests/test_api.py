@@ -70,3 +70,34 @@ def test_help_lists_the_api():
 def test_select_on_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(asel.errors.UserError, match="not a run directory"):
         asel.select(tmp_path, ["magnitude"])
+
+
+def test_show_lists_every_selection_with_its_cost(searched):
+    asel.select(searched, ["shapley"])
+    summary = asel.show(searched)
+    lines = [line for line in summary.splitlines() if line.strip().startswith(("magnitude:", "shapley:"))]
+    assert [line.split(":")[0].strip() for line in lines] == ["magnitude", "shapley"]  # configured first
+    assert "forward" in lines[1] and "epochs done: 1/1" in summary
+
+
+def test_search_with_several_selectors_prints_their_comparison(tmp_path, capsys):
+    data = tiny_idx_dir(tmp_path / "data")
+    args = [f"{k}={v}" for k, v in TINY.items()]
+    assert main(["search", "--out", str(tmp_path / "run"), "--selector", "magnitude,shapley",
+                 f"data.data_dir={data}", *args]) == 0
+    out = capsys.readouterr().out
+    assert "edges)" in out and "forward passes" in out and "score stderr (mean)" in out
+
+
+def test_comparison_with_the_benchmark_table_gives_accuracy_and_percentile(searched, nb201_csv):
+    sels = asel.select(searched, ["magnitude", "shapley"])
+    comparison = asel.compare(sels, str(nb201_csv))
+    table = asel.evaluate.benchmark.NB201Table.load(nb201_csv)
+    for name, sel in sels.items():
+        acc = table.lookup(sel.architecture)["cifar10_test"]
+        column = table.metric_array("cifar10_test")
+        assert comparison.percentile[name] == pytest.approx(100 * (column <= acc).sum() / len(column))
+    text = str(comparison)
+    assert "NB201 cifar10_test (%)" in text and "percentile, cifar10_test" in text
+    best = table.best("cifar10_test")
+    assert table.percentile("cifar10_test", best.value) == 100.0

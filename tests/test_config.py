@@ -69,3 +69,16 @@ def test_fuzz_config_is_valid_or_user_error(data):
         check(build(RunConfig, data))
     except UserError as e:
         assert "\n" not in str(e)
+
+
+def test_errors_suggest_the_closest_name_and_say_where_the_yaml_broke(tmp_path):
+    from archselect.selection import SELECTORS
+
+    with pytest.raises(UserError, match=r"unknown config key 'search.epoch' \(did you mean 'epochs'\?\)"):
+        load_config(None, ["search.epoch=3"])
+    with pytest.raises(UserError, match=r"unknown selector 'shaply' \(did you mean 'shapley'\?\)"):
+        SELECTORS.get("shaply")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  epochs: 3\n  optimizer: [darts\n")
+    with pytest.raises(UserError, match=r"not valid YAML at line 4, column 1"):
+        load_config(bad)

@@ -12,6 +12,7 @@ from archselect.cli import main
 from archselect.errors import UserError
 from archselect.evaluate.flops import count_flops, count_parameters
 from archselect.evaluate.train import TrainRun
+from archselect.pipeline import show
 from archselect.pipeline import train as train_command
 from archselect.files import load_latest_checkpoint
 from archselect.spaces import SPACES
@@ -102,6 +103,9 @@ def test_retraining_writes_result_metrics_and_checkpoint(tmp_path):
     assert saved["architecture"]["text"] == ARCH and saved["epochs"] == 1 and saved["test_images"] == 360
     assert saved["params"] == count_parameters(NB201Space(4, 1, 1, 10).network(parse_nb201(ARCH)))
     assert saved["flops"] > 0 and saved["input_shape"] == [1, 8, 8] and saved["train_images"] == 128
+    summary = show(run)  # `archselect show` on a retraining: its own epochs and result, never the search's fields
+    assert f"retraining of {ARCH}" in summary and "epochs done: 1/1" in summary
+    assert f"test accuracy {100 * result['test_acc']:.2f}%" in summary
     assert [m["epoch"] for m in read_metrics(run)] == [0]
     assert load_latest_checkpoint(run / "checkpoints", "train")["epoch"] == 1
     assert json.loads((run / "architecture.json").read_text())["text"] == ARCH

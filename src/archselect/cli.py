@@ -23,9 +23,9 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{where}: {message}" if where else message)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.epochs=10")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
 
 
 def _add_executor(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few-shot NAS: split the supernet by gradient matching or exhaustively (docs/fewshot.md)")
     p.add_argument("--seeds", help="comma-separated seeds: one independent search per seed into RUN/seed-N/")
     _add_executor(p, "the independent jobs of --seeds and --split: sequential (default) or ray", "sequential")
-    _add_common(p)
+    _add_common(p, "search.epochs=10 space.C=16")
 
     p = sub.add_parser("select", help="run selectors on the supernet of a finished search")
     p.add_argument("run", metavar="RUN")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="split the Shapley permutations and the perturbation candidates over "
                    "N workers, with the same results (default: select.workers, 1); under torchrun every rank is one")
     _add_executor(p, "the --workers: sequential (in turn, here; for checking) or ray (default: select.executor)")
-    _add_common(p)
+    _add_common(p, "select.options.shapley.permutations=20")
 
     p = sub.add_parser("train", help="retrain an architecture from scratch; report test accuracy, params, FLOPs")
     # ARCH and the overrides are both positional: write the options before ARCH or after the overrides
@@ -69,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (default: runs/train-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUN", help="continue the retraining in RUN after a kill (same ARCH)")
     p.add_argument("--seed", type=int)
-    _add_common(p)
+    _add_common(p, "train.epochs=50 train.C=16")
 
     p = sub.add_parser("split", help="gradient-matching scores of a trained supernet: which edge GM-NAS would "
                        "split, into which groups (writes RUN/split-scores.json)")
     p.add_argument("run", metavar="RUN")
-    _add_common(p)
+    _add_common(p, "split.batches=8")
 
     p = sub.add_parser("show", help="print a summary of a run directory")
     p.add_argument("run", metavar="RUN")
@@ -162,6 +162,8 @@ def cmd_search(args) -> int:
     else:
         print(f"architecture ({result['selector']}): {result['selections'][result['selector']]}")
         _print_benchmark(result["benchmark"])
+        if len(result["selections"]) > 1:
+            print(pipeline.compare(run))
     return 0
 
 

@@ -4,6 +4,7 @@ errors that name the key and what it allows. The resolved config is saved with e
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -156,6 +157,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices` to a misspelt `name`, else ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _yaml_position(e: Exception) -> str:
+    """' at line L, column C' of a YAML error (1-based, where the parser stopped)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
 def check_plain(data: Any, where: str) -> Any:
     """Refuse YAML data too deep or too large once its aliases are expanded, before anything walks or writes it."""
     budget = [MAX_CONFIG_NODES]
@@ -189,7 +202,8 @@ def safe_yaml(text: str | bytes, where: str) -> Any:
     except UnicodeDecodeError as e:
         raise UserError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{where} is not valid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"{where} is not valid YAML{_yaml_position(e)}: "
+                        f"{getattr(e, 'problem', None) or (str(e).splitlines() or [type(e).__name__])[0]}") from None
     except RecursionError:
         raise UserError(f"{where} is not valid YAML: nested too deeply") from None
     except (ValueError, TypeError, OverflowError) as e:  # e.g. an impossible timestamp or an unhashable key
@@ -273,7 +287,8 @@ def build(cls, data: Any, prefix: str = ""):
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise UserError(f"unknown config key {full!r}; known keys{' in ' + prefix if prefix else ''}: {', '.join(names)}")
+            raise UserError(f"unknown config key {full!r}{did_you_mean(str(key), names)}; known keys"
+                            f"{' in ' + prefix if prefix else ''}: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 

@@ -1,6 +1,7 @@
 """One small registry per kind of thing (ops, spaces, optimizers, selectors), timm-style."""
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Generic, TypeVar
 
 from .errors import UserError
@@ -25,7 +26,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise UserError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
+            close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

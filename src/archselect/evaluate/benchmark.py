@@ -191,6 +191,12 @@ class NB201Table:
             choices = ", ".join(METRIC_COLUMNS)
             raise UserError(f"unknown NAS-Bench-201 column {column!r}; choose one of: {choices}") from None
 
+    def percentile(self, column: str, value: float) -> float:
+        """The share (%) of the table's cells with a value of `column` at most `value` (100: none is better)."""
+        a = self.metric_array(column)
+        a = a[~np.isnan(a)]
+        return 100.0 * float((a <= value).sum()) / max(len(a), 1)
+
     def best(self, column: str, *, minimize: bool = False) -> Best:
         """The architecture with the highest (or, with minimize, lowest) value; ties go to the lowest index."""
         a = self.metric_array(column)

@@ -152,6 +152,10 @@ def search(config: str | Path | RunConfig | None = None, out: str | Path | None 
         run, cfg = resumed_run(resume, extra + ([f"seed={seed}"] if seed is not None else []))
     else:
         run, cfg = new_run(config, out, extra)
+        if config is None:
+            log.info(f"no --config: the built-in defaults, the paper's supernet scale ({cfg.space.name} C={cfg.space.C}, "
+                     f"N={cfg.space.N}, {cfg.search.epochs} epochs on {cfg.data.dataset}: hours on a CPU); for a run "
+                     f"in minutes use --config configs/demo.yaml")
         if seed is not None:
             cfg.seed = seed
     if device:
@@ -324,8 +328,15 @@ def compare(selections: Mapping[str, Selection] | str | Path | RunDir, benchmark
     str(). Takes Selections or a run directory (its selections)."""
     if not isinstance(selections, Mapping):
         run = as_run(selections)
-        return Comparison(run.selections(), benchmark or run.config.benchmark)
+        cfg = run.config
+        return Comparison(_in_config_order(run.selections(), cfg), benchmark or cfg.benchmark)
     return Comparison(dict(selections), benchmark)
+
+
+def _in_config_order(found: dict[str, Selection], cfg: RunConfig) -> dict[str, Selection]:
+    """The configured selectors first, in their order, then the others (run later with `select`)."""
+    order = [n for n in cfg.select.selectors if n in found] + [n for n in found if n not in cfg.select.selectors]
+    return {n: found[n] for n in order}
 
 
 # -- split, train, report, show ---------------------------------------------------------------------------------------
@@ -391,8 +402,11 @@ def report(run: str | Path | RunDir, engine: str = "auto") -> list[Path]:
 
 
 def show(run: str | Path | RunDir) -> str:
-    """A few lines on a run: its settings, progress, last epoch, the selectors' architectures and benchmark."""
+    """A few lines on a run of any kind: a search (settings, progress, last epoch, each selection with its benchmark
+    accuracy and cost, a few-shot tree) or a retraining (epochs, test accuracy, size)."""
     run = as_run(run)
+    if run.architecture_file.is_file():
+        return _show_retraining(run)
     cfg, metrics = run.config, run.metrics
     lines = [f"run {run.path}: {cfg.space.name} (C={cfg.space.C}, N={cfg.space.N}) on {cfg.data.dataset}, "
              f"optimizer {cfg.search.optimizer}, seed {cfg.seed}"]
@@ -405,10 +419,31 @@ def show(run: str | Path | RunDir) -> str:
     result = run.result
     if result is None:
         lines.append("no result yet (search unfinished: archselect search --resume RUN)")
-        return "\n".join(lines)
-    for name, text in result.get("selections", {}).items():
-        lines.append(f"{name:>14}: {text}")
-    lines.append(benchmark_line(result.get("benchmark", {"note": "no benchmark metrics recorded"})))
+    else:
+        lines.append(f"result ({result['selector']}): {result['selections'].get(result['selector'], '?')}")
+        lines.append(benchmark_line(result.get("benchmark", {"note": "no benchmark metrics recorded"})))
+    selections = _in_config_order(load_selections(run), cfg) if cfg.split.method == "none" else {}
+    for name, sel in selections.items():
+        bench = benchmark_metrics(sel.architecture, cfg.benchmark)
+        acc = f"  NB201 C10 test {bench['cifar10_test']:.2f}" if isinstance(bench.get("cifar10_test"), float) else ""
+        c = sel.cost
+        lines.append(f"{name:>14}: {sel.architecture}{acc}  ({c.forward} forward, {c.backward} backward passes, "
+                     f"{c.seconds:.1f}s)")
+    if result is not None and not selections:
+        lines += [f"{name:>14}: {text}" for name, text in result.get("selections", {}).items()]
+    return "\n".join(lines)
+
+
+def _show_retraining(run: Run) -> str:
+    cfg, metrics, result = run.config, run.metrics, run.result
+    arch = Architecture.from_dict(run.read_json(run.architecture_file, "trained architecture"))
+    lines = [f"run {run.path}: retraining of {arch} on {cfg.data.dataset} (C={cfg.train.C}, N={cfg.train.N}), "
+             f"seed {cfg.seed}", f"epochs done: {len(metrics)}/{cfg.train.epochs}"]
+    if result is None:
+        lines.append("no result yet (training unfinished: archselect train --resume RUN ARCH)")
+    else:
+        lines.append(f"test accuracy {100 * result['test_acc']:.2f}%, {result['params'] / 1e6:.3f}M parameters, "
+                     f"{result['flops'] / 1e6:.2f}M FLOPs, {result.get('seconds', 0.0):.0f}s")
     return "\n".join(lines)
 
 
