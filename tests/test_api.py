@@ -101,3 +101,24 @@ def test_comparison_with_the_benchmark_table_gives_accuracy_and_percentile(searc
     assert "NB201 cifar10_test (%)" in text and "percentile, cifar10_test" in text
     best = table.best("cifar10_test")
     assert table.percentile("cifar10_test", best.value) == 100.0
+
+
+def test_tensorboard_gets_the_epoch_scalars_and_alpha_per_edge(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = tiny_idx_dir(tmp_path / "data")
+    args = [f"{k}={v}" for k, v in {**TINY, "search.epochs": 2}.items()]
+    assert main(["search", "--out", str(tmp_path / "run"), "--tensorboard", f"data.data_dir={data}", *args]) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "search_valid_acc", "lr"):
+        values = [e.value for e in events.Scalars(f"search/{key}")]
+        assert [e.step for e in events.Scalars(f"search/{key}")] == [0, 1]
+        assert values == pytest.approx([m[key] for m in metrics], rel=1e-6)
+    alpha = [t for t in tags if t.startswith("alpha/cell/")]
+    assert len(alpha) == 6 * 5 and "alpha/cell/0->1/nor_conv_3x3" in alpha
+    last = {t: events.Scalars(t)[-1].value for t in alpha if t.startswith("alpha/cell/0->1/")}
+    assert sum(last.values()) == pytest.approx(1.0, abs=1e-5)  # softmax over the edge's ops

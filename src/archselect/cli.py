@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("gm", "exhaustive"),
                    help="few-shot NAS: split the supernet by gradient matching or exhaustively (docs/fewshot.md)")
     p.add_argument("--seeds", help="comma-separated seeds: one independent search per seed into RUN/seed-N/")
+    p.add_argument("--tensorboard", action="store_true", help="also write per-epoch scalars and softmax(α) per edge "
+                   "to RUN/tb/ (logging.tensorboard=true; needs archselect[tensorboard])")
     _add_executor(p, "the independent jobs of --seeds and --split: sequential (default) or ray", "sequential")
     _add_common(p, "search.epochs=10 space.C=16")
 
@@ -146,6 +148,8 @@ def _print_benchmark(bench: dict) -> None:
 
 def cmd_search(args) -> int:
     selectors = _names(args.selector) if args.selector else None
+    if args.tensorboard:
+        args.overrides = [*args.overrides, "logging.tensorboard=true"]
     if args.seeds or (args.resume and pipeline.Run(args.resume).is_job_set()):
         return _search_seeds(args, selectors)
     run = pipeline.search(args.config, args.out, overrides=args.overrides, resume=args.resume, selectors=selectors,

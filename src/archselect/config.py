@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import types
@@ -129,6 +130,11 @@ class TrainConfig:
 
 
 @dataclass
+class LoggingConfig:
+    tensorboard: bool = False     # per-epoch scalars and softmax(α) per edge into RUN/tb/ (pip install archselect[tensorboard])
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda | cuda:N
@@ -141,6 +147,7 @@ class RunConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 # -- building typed dataclasses from plain data ---------------------------------------------------------------------
@@ -355,6 +362,8 @@ def check(cfg: RunConfig) -> None:
     check_ranges(cfg)
     rules = [
         (cfg.search.epochs >= 0, "search.epochs must be >= 0"),
+        (not cfg.logging.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+         "logging.tensorboard needs TensorBoard: pip install 'archselect[tensorboard]'"),
         (cfg.data.batch_size > 0, "data.batch_size must be > 0"),
         (cfg.data.eval_batch_size > 0, "data.eval_batch_size must be > 0"),
         (0.0 < cfg.data.portion < 1.0, "data.portion must be between 0 and 1"),
@@ -499,7 +508,7 @@ def dump_yaml(cfg: RunConfig) -> str:
 # them after the checkpoint is loaded (SearchOptimizer.apply_hyperparameters), the selection runs after the search,
 # and the rest only say where and how to run. Anything else (space.*, data.subset, seed, search.optimizer, ...) is
 # fixed by the checkpoint; changing it on --resume is refused rather than recorded without effect.
-ENVIRONMENT_KEYS = ("device", "threads", "benchmark", "data.data_dir", "data.download")
+ENVIRONMENT_KEYS = ("device", "threads", "benchmark", "data.data_dir", "data.download", "logging.tensorboard")
 SEARCH_RESUMABLE = (*ENVIRONMENT_KEYS, "search.w_lr", "search.w_lr_min", "search.w_momentum", "search.w_weight_decay",
                     "search.w_nesterov", "search.grad_clip", "search.a_lr", "search.a_beta1", "search.a_beta2",
                     "search.a_weight_decay", "search.checkpoint_every", "search.hessian_eig", "search.hessian_batches",

@@ -11,6 +11,7 @@ spells the names of its files; every stage reads and writes a run through `RunDi
     RUN/split/tree.json, RUN/split/<node>/                 a split search: the tree, one run directory per node
     RUN/jobs.json, RUN/summary.json, RUN/<job>/            a set of independent jobs (--seeds): one run per job
     RUN/architecture.json  a retraining's architecture     RUN/report/          plots and index.html
+    RUN/tb/                TensorBoard events (logging.tensorboard)
     RUN/retrain/<selector>/                                a bench group's retraining of each selection
 """
 from __future__ import annotations
@@ -81,6 +82,7 @@ class RunDir:
     selections_dir = property(lambda self: self.path / "selections")
     report_dir = property(lambda self: self.path / "report")
     report_page = property(lambda self: self.path / "report" / "index.html")
+    tensorboard_dir = property(lambda self: self.path / "tb")
     split_dir = property(lambda self: self.path / "split")
     retrain_root = property(lambda self: self.path / "retrain")
     tree_file = property(lambda self: self.path / "split" / "tree.json")

@@ -20,7 +20,7 @@ from .config import AxisEntry, BenchConfig, run_config
 
 # Keys that may change between invocations without invalidating finished work (where and how fast it runs, and which
 # selectors are wanted: each selector's output is its own file).
-VOLATILE_KEYS = ("device", "threads", "select.selectors")
+VOLATILE_KEYS = ("device", "threads", "select.selectors", "logging.tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)

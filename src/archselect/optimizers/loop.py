@@ -4,8 +4,9 @@
 Resuming restores the supernet, the optimizers, the schedule, the RNG states and the position (epoch, step); batch k
 of epoch e is a pure function of (seed, e, k), so a resumed run sees exactly the batches an uninterrupted one would.
 
-Hooks extend the loop without changing it: each `EpochHook` is called after every epoch's evaluation and may add
-entries to the epoch's metrics record (R-DARTS' Hessian eigenvalue is one, on when `search.hessian_eig` is set).
+Hooks extend the loop without changing it: each `EpochHook` is called after every epoch's evaluation with the epoch's
+metrics record and may add entries to it (R-DARTS' Hessian eigenvalue, on when `search.hessian_eig` is set) or send
+it elsewhere (TensorBoard, on when `logging.tensorboard` is set).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..runs import SEARCH_CHECKPOINT, RunDir
 from . import OPTIMIZERS
 
 log = logging.getLogger(__name__)
-EpochHook = Callable[["SearchRun"], "dict[str, Any] | None"]
+EpochHook = Callable[["SearchRun", "dict[str, Any]"], "dict[str, Any] | None"]
 
 
 class NumericalFault(UserError):
@@ -74,7 +75,7 @@ def _alpha_record(supernet) -> dict[str, list[list[float]]]:
     return {ct: w.cpu().tolist() for ct, w in supernet.mixing_weights(detach=True).items()}
 
 
-def hessian_hook(search: "SearchRun") -> dict[str, Any] | None:
+def hessian_hook(search: "SearchRun", record: dict[str, Any]) -> dict[str, Any] | None:
     """R-DARTS' collapse signal: the largest eigenvalue of the α Hessian on the epoch's first validation batches."""
     s = search.cfg.search
     if not s.hessian_eig or not distributed.is_main():
@@ -83,7 +84,25 @@ def hessian_hook(search: "SearchRun") -> dict[str, Any] | None:
                           search.cfg.seed)
 
 
-DEFAULT_HOOKS: tuple[EpochHook, ...] = (hessian_hook,)
+def tensorboard_hook(search: "SearchRun", record: dict[str, Any]) -> None:
+    """The epoch's numbers as TensorBoard scalars (`search/NAME`) and softmax(α) per edge (`alpha/CELL/SRC->DST/OP`),
+    step = epoch, into RUN/tb/ (rank 0)."""
+    if not search.cfg.logging.tensorboard or not distributed.is_main():
+        return None
+    writer = search.tensorboard_writer()
+    epoch = record["epoch"]
+    for key, value in record.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(f"search/{key}", value, epoch)
+    for ct, rows in record.get("alpha", {}).items():
+        for (src, dst), row in zip(search.supernet.edges[ct], rows):
+            for op, weight in zip(search.supernet.op_names, row):
+                writer.add_scalar(f"alpha/{ct}/{src}->{dst}/{op}", weight, epoch)
+    writer.flush()
+    return None
+
+
+DEFAULT_HOOKS: tuple[EpochHook, ...] = (hessian_hook, tensorboard_hook)
 
 
 class SearchRun:
@@ -97,12 +116,21 @@ class SearchRun:
         self.cfg, self.run, self.device = cfg, run, device
         self.until = cfg.search.epochs if until is None else until
         self.hooks = list(hooks)
+        self._tensorboard = None
         self.data = distributed.shard_data(loaders(cfg, device))
         self.space = space_of(cfg, self.data.in_channels, self.data.num_classes)
         self.supernet = to_device(self.space.supernet(), device, cfg.search.channels_last)
         self.optimizer = OPTIMIZERS.get(cfg.search.optimizer)(self.supernet, cfg.search, len(self.data.train))
         self.epoch, self.step, self.meters = 0, 0, {}
         self.epoch_start: dict[str, float] = {}  # what the optimizer's start_epoch reported for this epoch
+
+    def tensorboard_writer(self):
+        """RUN/tb/'s event writer, opened on first use (TensorBoard is an optional extra, imported only then)."""
+        if self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(log_dir=str(self.run.tensorboard_dir))
+        return self._tensorboard
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -199,7 +227,7 @@ class SearchRun:
                   "search_valid_acc": valid_acc, "seconds": seconds, "alpha": _alpha_record(self.supernet),
                   **self.epoch_start}
         for hook in self.hooks:
-            record.update(hook(self) or {})
+            record.update(hook(self, record) or {})
         if distributed.is_main():
             self.run.append_metrics(record)
         if distributed.is_main():
