@@ -1,6 +1,7 @@
 """The Python API: every CLI command is a thin layer over a documented function, and both give the same results."""
 import json
 import pydoc
+import shutil
 
 import pytest
 
@@ -122,3 +123,13 @@ def test_tensorboard_gets_the_epoch_scalars_and_alpha_per_edge(tmp_path):
     assert len(alpha) == 6 * 5 and "alpha/cell/0->1/nor_conv_3x3" in alpha
     last = {t: events.Scalars(t)[-1].value for t in alpha if t.startswith("alpha/cell/0->1/")}
     assert sum(last.values()) == pytest.approx(1.0, abs=1e-5)  # softmax over the edge's ops
+
+
+def test_show_on_a_result_json_without_its_fields(tmp_path):
+    """Found by the fuzz suite: a result.json of `{}` (edited by hand) is summarised, not a KeyError."""
+    from conftest import REPO
+
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "data" / "run-v0" / "finished", run)
+    (run / "result.json").write_text("{}")
+    assert "result (None): ?" in asel.show(run) and asel.Run(run).architecture is None

@@ -67,7 +67,7 @@ class Run(RunDir):
     def architecture(self) -> Architecture | None:
         """The run's derived architecture (its first selector's), once the search has finished."""
         result = self.read_result()
-        return Architecture.from_dict(result["architecture"]) if result else None
+        return Architecture.from_dict(result["architecture"]) if result and "architecture" in result else None
 
     def selections(self) -> dict[str, Selection]:
         return load_selections(self)
@@ -420,7 +420,8 @@ def show(run: str | Path | RunDir) -> str:
     if result is None:
         lines.append("no result yet (search unfinished: archselect search --resume RUN)")
     else:
-        lines.append(f"result ({result['selector']}): {result['selections'].get(result['selector'], '?')}")
+        first = result.get("selector")
+        lines.append(f"result ({first}): {result.get('selections', {}).get(first, '?')}")
         lines.append(benchmark_line(result.get("benchmark", {"note": "no benchmark metrics recorded"})))
     selections = _in_config_order(load_selections(run), cfg) if cfg.split.method == "none" else {}
     for name, sel in selections.items():
