@@ -1,6 +1,6 @@
 """Speed and memory of one first-order DARTS search step on the DARTS-space supernet.
 
-A step is what `archselect search` does per batch (search/darts.py): an Adam step on α from a validation batch
+A step is what `archselect search` does per batch (optimizers/darts.py): an Adam step on α from a validation batch
 (gradient of α only), then an SGD step on the weights from a training batch. Synthetic data, CPU.
 
 Each measurement runs in a fresh child process, so its peak resident memory (ru_maxrss) is that variant's alone;

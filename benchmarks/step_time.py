@@ -1,6 +1,6 @@
 """Speed of the NAS-Bench-201 supernet on CPU: seconds per first-order DARTS search step and evaluation images/s.
 
-A step is what `archselect search` does per batch (search/darts.py): an Adam step on α from a validation batch, then
+A step is what `archselect search` does per batch (optimizers/darts.py): an Adam step on α from a validation batch, then
 an SGD step on the weights from a training batch. Evaluation is a forward pass in eval mode without gradients.
 Variants, interleaved round by round in one process so that the machine's drift hits them alike (synthetic data,
 warm-up steps not timed, medians over the repeats):

@@ -372,15 +372,19 @@ def test_malicious_pth_refused_without_running(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    """The table import writes through files.atomic_write_bytes: a failed write keeps the old file, leaves no
+    temporary file and is one line."""
+    from archselect import files
+
     dest = tmp_path / "f.txt"
     dest.write_text("old")
 
     def boom(*_):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bm.os, "replace", boom)
-    with pytest.raises(OSError):
-        bm._atomic_write(dest, b"new")
+    monkeypatch.setattr(files.os, "replace", boom)
+    with pytest.raises(UserError, match="cannot write .*f.txt: No space left on device"):
+        files.atomic_write_bytes(dest, b"new")
     assert dest.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 

@@ -3,7 +3,6 @@ before it, half-way (a torn temporary file or half a metrics line) or right afte
 stage (seed 0 in the first three writes: before the first checkpoint), then the command a user would run next runs
 to completion and must end exactly where the uninterrupted run does (metrics, result, supernet, selections). Two
 points per stage run by default, the others are `slow`."""
-import json
 import shutil
 
 import pytest
@@ -15,6 +14,7 @@ from archselect.files import load_latest_checkpoint
 from conftest import tiny_idx_dir
 from killharness import count_writes, kill_in_write, write_kill_point
 from test_cli import comparable_metrics, tiny_args
+from test_fewshot import tiny_split_args
 from test_kill_stages import ARCH, assert_equal_state, read
 
 POINTS = [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 20))]
@@ -112,26 +112,32 @@ def unselected(searched, tmp_path_factory):
     return base, reference
 
 
+def kill_selection_in_write(stage, base, reference, name, options, tmp_path, seed):
+    """`select RUN --selector NAME` on a copy of `base`, killed in a write and rerun: the same selection as
+    `reference`'s, and no progress file left."""
+    args = lambda run: ["select", str(run), "--selector", name, *options]  # noqa: E731
+    if stage not in WRITES:
+        shutil.copytree(base, tmp_path / "count")
+    n, phase = write_kill_point(seed, writes(stage, args(tmp_path / "count")))
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    assert kill_in_write(args(run), lambda: args(run), n, phase)
+    print(f"{stage}: killed in write {n} of {WRITES[stage]} ({phase})")
+    assert read(run / "selections" / f"{name}.json") == read(reference / "selections" / f"{name}.json")
+    assert not list((run / "selections").glob(f"{name}-progress-*"))
+
+
 @pytest.mark.parametrize("seed", POINTS)
 def test_selection_killed_inside_a_write(unselected, tmp_path, seed):
     """`select` (Shapley: progress after every permutation, the selection, the comparison) killed in a write, rerun."""
     base, reference = unselected
-    args = lambda run: ["select", str(run), "--selector", "shapley"]  # noqa: E731
-    if "select" not in WRITES:
-        shutil.copytree(base, tmp_path / "count")
-    n, phase = write_kill_point(seed, writes("select", args(tmp_path / "count")))
-    run = tmp_path / "run"
-    shutil.copytree(base, run)
-    assert kill_in_write(args(run), lambda: args(run), n, phase)
-    print(f"select: killed in write {n} of {WRITES['select']} ({phase})")
-    assert read(run / "selections" / "shapley.json") == read(reference / "selections" / "shapley.json")
-    assert not list((run / "selections").glob("shapley-progress-*"))
+    kill_selection_in_write("select", base, reference, "shapley", [], tmp_path, seed)
 
 
 # -- perturbation (DARTS-PT), the split search and the bench: one point by default, 19 slow ----------------------------
 
 MORE_POINTS = [0, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 20))]
-PERTURBATION = ["--selector", "perturbation", "select.options.perturbation={tune_steps: 2, valid_batches: 1}"]
+PERTURBATION_OPTIONS = ["select.options.perturbation={tune_steps: 2, valid_batches: 1}"]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +145,7 @@ def perturbed(unselected):
     base, _ = unselected
     reference = base.parent / "perturbed"
     shutil.copytree(base, reference)
-    assert main(["select", str(reference), *PERTURBATION]) == 0
+    assert main(["select", str(reference), "--selector", "perturbation", *PERTURBATION_OPTIONS]) == 0
     return reference
 
 
@@ -147,22 +153,12 @@ def perturbed(unselected):
 def test_perturbation_selection_killed_inside_a_write(unselected, perturbed, tmp_path, seed):
     """DARTS-PT (progress after every decision: the fine-tuned copy, the tuner, the decisions) killed in a write."""
     base, _ = unselected
-    args = lambda run: ["select", str(run), *PERTURBATION]  # noqa: E731
-    if "perturbation" not in WRITES:
-        shutil.copytree(base, tmp_path / "count")
-    n, phase = write_kill_point(seed, writes("perturbation", args(tmp_path / "count")))
-    run = tmp_path / "run"
-    shutil.copytree(base, run)
-    assert kill_in_write(args(run), lambda: args(run), n, phase)
-    print(f"perturbation: killed in write {n} of {WRITES['perturbation']} ({phase})")
-    assert read(run / "selections" / "perturbation.json") == read(perturbed / "selections" / "perturbation.json")
-    assert not list((run / "selections").glob("perturbation-progress-*"))
+    kill_selection_in_write("perturbation", base, perturbed, "perturbation", PERTURBATION_OPTIONS, tmp_path, seed)
 
 
 @pytest.fixture(scope="module")
 def split_args(data):
-    return [f"data.data_dir={data}", "space.C=4", "space.N=1", "data.batch_size=32", "search.epochs=2",
-            "split.epochs=[1]", "split.batches=1", "threads=1"]
+    return tiny_split_args(data, epochs=2, split_epochs="[1]")
 
 
 @pytest.fixture(scope="module")

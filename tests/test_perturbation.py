@@ -3,7 +3,6 @@ in spaces that keep a fixed number of them, never touches the caller's supernet,
 import pytest
 import torch
 
-from archselect.config import SearchConfig
 from archselect.selection import perturbation as perturbation_mod
 from archselect.scoring.evaluator import MaskedEvaluator, take_batches
 from archselect.optimizers import OPTIMIZERS

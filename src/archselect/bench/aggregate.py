@@ -16,7 +16,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..arch import Architecture, load_architecture
-from ..config import load_config
 from ..evaluate.diagnostics import pairwise_agreement, param_free_ops
 from ..evaluate.lookup import benchmark_metrics
 from ..files import atomic_write_bytes, read_json

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -29,6 +28,7 @@ import numpy as np
 from .. import safe_pickle
 from ..arch import NB201_OPS, Architecture, parse_nb201
 from ..errors import UserError
+from ..files import atomic_write_bytes
 
 METRIC_COLUMNS = (
     "cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_valid", "imagenet16_test",
@@ -253,21 +253,6 @@ def find_table(path: str | None = None, cache_dir: str | os.PathLike | None = No
     return default_table(cache_dir)
 
 
-def _atomic_write(dest: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + fsync + os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def import_table(src: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Validate/convert `src` into <cache>/benchmarks/nb201.csv (+ nb201.json sidecar); return the table's path.
 
@@ -295,12 +280,8 @@ def import_table(src: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     sha = hashlib.sha256(data).hexdigest()
     meta = {"source": str(src.resolve()), "version": version, "sha256": sha, "rows": len(archs),
             "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(dest, data)
-        _atomic_write(_sidecar(dest), (json.dumps(meta, indent=2) + "\n").encode())
-    except OSError as e:
-        raise UserError(f"cannot write the benchmark cache {dest_dir}: {e.strerror or e}") from None
+    atomic_write_bytes(dest, data)  # a file-system error is one line naming the file
+    atomic_write_bytes(_sidecar(dest), (json.dumps(meta, indent=2) + "\n").encode())
     return dest
 
 

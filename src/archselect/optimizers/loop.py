@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import distributed

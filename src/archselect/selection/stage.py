@@ -10,6 +10,7 @@ import torch
 from ..components import eval_loader, loaders, space_of, to_device
 from ..config import RunConfig
 from ..environment import seed_everything
+from ..errors import UserError
 from ..files import atomic_write_json, read_json
 from ..runs import RunDir
 from ..scoring.workers import Workers, open_workers
@@ -87,7 +88,7 @@ def selection_done(run: RunDir, name: str) -> bool:
         return False
     try:
         return Selection.from_dict(read_json(path, "selection")).selector == name
-    except Exception:  # any damage (JSON, missing keys, wrong types) means: compute it again
+    except (UserError, KeyError, TypeError, ValueError):  # damaged (JSON, missing keys, wrong types): compute again
         return False
 
 
