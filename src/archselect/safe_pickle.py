@@ -9,6 +9,8 @@ import io
 import pickle
 from typing import IO
 
+import numpy as np
+
 from .errors import UserError
 
 _ALLOWED = {
@@ -43,8 +45,6 @@ def _bounded_array(kind):
     """`numpy.ndarray(shape, dtype)` and `_reconstruct(cls, shape, dtype)` allocate shape x itemsize bytes from a few
     bytes of pickle: bound that before calling (__setstate__ then checks the data against the shape)."""
     def make(*args, **kwargs):
-        import numpy as np
-
         shape = kwargs.get("shape", args[1] if kind.__name__ == "_reconstruct" and len(args) > 1 else
                            args[0] if args else ())
         dtype = kwargs.get("dtype", args[2] if kind.__name__ == "_reconstruct" and len(args) > 2 else
@@ -64,8 +64,6 @@ def _bounded_array(kind):
 
 
 def _guarded() -> dict:
-    import numpy as np
-
     reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
     return {("builtins", "bytes"): _bounded(bytes), ("builtins", "bytearray"): _bounded(bytearray),
             ("numpy", "ndarray"): _bounded_array(np.ndarray),
