@@ -69,6 +69,15 @@ def one_thread():
 
 
 @pytest.fixture
+def float64():
+    """float64 by default for the test: equal functions then agree to ~1e-15, so no rounding flips a decision."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
 def nb201_csv():
     if not NB201_CSV.is_file():
         pytest.skip("the NAS-Bench-201 table from ../shared is not available")

@@ -10,6 +10,8 @@ here (docs/api.md):
     print(asel.compare(sels))                                                               # the comparison table
 
 Stages: search, search_seeds, select, compare, split, train, report, show, run_bench.
+Supernets trained elsewhere: import_checkpoint (official checkpoints as a run), select_supernet (your own model,
+through the protocol of archselect.interop.external, or darts_style for DARTS-style models).
 Building blocks: spaces, optimizers, selectors (each: .get(name, ...), .names()), Architecture,
 load_architecture, RunConfig, load_config, Run, Selection, SelectionContext, Comparison.
 """
@@ -17,11 +19,14 @@ from . import optimizers, spaces
 from .catalog import selectors
 from .arch import Architecture, load_architecture
 from .config import RunConfig, load_config
-from .pipeline import Run, compare, report, run_bench, search, search_seeds, select, show, split, train
+from .interop.external import ExternalSupernet, darts_mixed_edges, darts_style
+from .pipeline import (Run, compare, import_checkpoint, report, run_bench, search, search_seeds, select,
+                       select_supernet, show, split, train)
 from .selection import Selection, SelectionContext
 from .selection.comparison import Comparison
 from .version import __version__
 
-__all__ = ["Architecture", "Comparison", "Run", "RunConfig", "Selection", "SelectionContext", "compare",
-           "load_architecture", "load_config", "optimizers", "report", "run_bench", "search", "search_seeds", "select",
-           "selectors", "show", "spaces", "split", "train", "__version__"]
+__all__ = ["Architecture", "Comparison", "ExternalSupernet", "Run", "RunConfig", "Selection", "SelectionContext",
+           "compare", "darts_mixed_edges", "darts_style", "import_checkpoint", "load_architecture", "load_config",
+           "optimizers", "report", "run_bench", "search", "search_seeds", "select", "select_supernet", "selectors",
+           "show", "spaces", "split", "train", "__version__"]

@@ -21,6 +21,7 @@ NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3
 NB201_NODES = 4  # node 0 is the cell input, node 3 its output
 
 FORMAT_VERSION = 1
+EXTERNAL_SPACE = "external"  # the architectures of a user's own supernet (interop/external.py)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class Architecture:
         return "+".join(groups)
 
     def __str__(self) -> str:
+        if self.space == EXTERNAL_SPACE:
+            return "; ".join(f"{ct}: " + " ".join(f"{e.src}->{e.dst} {e.op}" for e in c.edges) for ct, c in self.cells)
         return self.to_nb201_string() if self.space == "nb201" else to_genotype_string(self)
 
 
@@ -182,7 +185,9 @@ def validate(arch: Architecture) -> None:
     if arch.space == DARTS_SPACE:  # every DARTS-family space (darts, darts-7, darts-s2..s4) writes "darts" cells
         validate_darts(arch)
         return
-    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201, darts")
+    if arch.space == EXTERNAL_SPACE:  # a supernet of the user's own (interop/external.py): no rules to check
+        return
+    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201, darts, {EXTERNAL_SPACE}")
 
 
 def load_architecture(spec: str) -> Architecture:

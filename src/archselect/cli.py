@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     _add_common(p, "split.batches=8")
 
+    p = sub.add_parser("import", help="a supernet trained elsewhere (an official checkpoint) as a run directory, "
+                       "to select from, report and show")
+    p.add_argument("format", metavar="FORMAT", help="darts-pt-nb201 (DARTS-PT's and GM-NAS' NAS-Bench-201 supernet), "
+                   "darts-pt-darts (DARTS-PT's DARTS spaces s1-s5), darts (original DARTS model_search.py)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the .pth/.pt file (read with weights_only=True)")
+    p.add_argument("--out", help="run directory to create (default: runs/import-TIMESTAMP)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="the data it was trained on and format options, e.g. data.dataset=cifar10 "
+                   "search.optimizer=fixed-alpha alpha=alpha.pt search_space=s3")
+
     p = sub.add_parser("show", help="print a summary of a run directory")
     p.add_argument("run", metavar="RUN")
 
@@ -236,6 +246,12 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    run = pipeline.import_checkpoint(args.format, args.checkpoint, args.out, overrides=args.overrides)
+    print(f"{run.path}: select with  archselect select {run.path} --selector magnitude,perturbation,shapley,influence")
+    return 0
+
+
 def cmd_show(args) -> int:
     print(pipeline.show(args.run))
     return 0
@@ -289,7 +305,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "select": cmd_select, "split": cmd_split, "show": cmd_show,
+COMMANDS = {"search": cmd_search, "select": cmd_select, "split": cmd_split, "show": cmd_show, "import": cmd_import,
             "benchmark": cmd_benchmark, "bench": cmd_bench, "train": cmd_train, "report": cmd_report}
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ from .imageset import ImageSet
 from .loader import Loader, derive_seed
 from .paths import default_data_dir
 from .splits import search_split
+from .tensors import TensorLoader, from_batches
 
 __all__ = [
     "DATASETS", "SPLITS", "Checksum", "ImageSet", "Loader", "augment_batch", "crop_padding", "cutout",
     "default_data_dir", "derive_seed", "download_file", "load_dataset", "normalize", "random_crop_flip",
-    "read_idx", "resize", "search_split", "write_idx",
+    "read_idx", "resize", "search_split", "write_idx", "TensorLoader", "from_batches",
 ]

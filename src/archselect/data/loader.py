@@ -26,6 +26,13 @@ def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """With `drop_last` and fewer images than a batch, one smaller batch rather than none."""
+    if not drop_last:
+        return -(-n // batch_size)
+    return n // batch_size if n >= batch_size else min(n, 1)
+
+
 class Loader:
     """Mini-batches of (x float32 normalised (B, C, H, W), y int64 (B,)) on ``device``.
 
@@ -54,10 +61,7 @@ class Loader:
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) of the last epoch used
 
     def __len__(self) -> int:
-        n = len(self.ds)
-        if not self.drop_last:
-            return -(-n // self.batch_size)
-        return n // self.batch_size if n >= self.batch_size else min(n, 1)
+        return batches_per_epoch(len(self.ds), self.batch_size, self.drop_last)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -90,3 +94,11 @@ class Loader:
         """The batches of ``epoch`` from batch ``start`` on (``start`` > 0 resumes an interrupted epoch)."""
         for k in range(start, len(self)):
             yield self.batch(epoch, k)
+
+    def rebatch(self, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False) -> "Loader":
+        """A loader over the same images (same size, device and layout) with another batch size and order,
+        unaugmented."""
+        size = self.images.shape[-1]
+        return Loader(self.ds, batch_size, seed=seed, augment=False, shuffle=shuffle, drop_last=drop_last,
+                      device=self.device, image_size=None if size == self.ds.image_size else size,
+                      channels_last=self.channels_last)

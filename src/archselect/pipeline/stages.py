@@ -316,7 +316,10 @@ def select(run: str | Path | RunDir, selectors: str | Sequence[str], *, override
 def _select_in(run: Run, cfg: RunConfig, names: list[str], device: torch.device, workers: Workers
                ) -> dict[str, Selection]:
     if cfg.split.method == "none":
-        return run_selectors(cfg, run, names, device, workers)
+        selections = run_selectors(cfg, run, names, device, workers)
+        if imported(run):  # no search wrote a result: the selections are the run's result
+            write_result(run, cfg)
+        return selections
     outcome = reselect(cfg, run, names, device, workers)
     write_result(run, cfg, outcome)
     per_selector = outcome.split["per_selector"]
@@ -410,14 +413,21 @@ def show(run: str | Path | RunDir) -> str:
     cfg, metrics = run.config, run.metrics
     lines = [f"run {run.path}: {cfg.space.name} (C={cfg.space.C}, N={cfg.space.N}) on {cfg.data.dataset}, "
              f"optimizer {cfg.search.optimizer}, seed {cfg.seed}"]
-    lines.append(describe(run) if cfg.split.method != "none" else f"epochs done: {len(metrics)}/{cfg.search.epochs}")
+    source = imported(run)
+    if source:
+        epoch = f", epoch {source['epoch']}" if source.get("epoch") is not None else ""
+        lines.append(f"imported from {source['source']} ({source['format']}{epoch}, sha256 {source['sha256'][:12]}...)")
+    else:
+        lines.append(describe(run) if cfg.split.method != "none" else f"epochs done: {len(metrics)}/{cfg.search.epochs}")
     if metrics:
         last = metrics[-1]
         lines.append(f"last epoch: train acc {last.get('train_acc', float('nan')):.3f}, "
                      f"search-valid acc {last.get('search_valid_acc', float('nan')):.3f}, "
                      f"{sum(m.get('seconds', 0.0) for m in metrics):.0f}s in all")
     result = run.result
-    if result is None:
+    if result is None and source:
+        lines.append(f"no selection yet: archselect select {run.path} --selector magnitude,perturbation")
+    elif result is None:
         lines.append("no result yet (search unfinished: archselect search --resume RUN)")
     else:
         first = result.get("selector")
@@ -433,6 +443,13 @@ def show(run: str | Path | RunDir) -> str:
     if result is not None and not selections:
         lines += [f"{name:>14}: {text}" for name, text in result.get("selections", {}).items()]
     return "\n".join(lines)
+
+
+def imported(run: RunDir) -> dict[str, Any] | None:
+    """Where an imported run's supernet came from (its manifest's `imported` record); None for a search."""
+    info = run.read_json(run.manifest_file, "run manifest", {})
+    source = info.get("imported") if isinstance(info, dict) else None
+    return source if isinstance(source, dict) and {"source", "format", "sha256"} <= source.keys() else None
 
 
 def _show_retraining(run: Run) -> str:

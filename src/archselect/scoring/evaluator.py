@@ -91,11 +91,9 @@ def take_batches(loader: Loader, limit: int | None = None, epoch: int = 0) -> li
 
 
 def rebatch(loader: Loader, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False) -> Loader:
-    """A loader over the same images (same size, device and layout) with another batch size and order, unaugmented."""
-    size = loader.images.shape[-1]
-    return Loader(loader.ds, batch_size, seed=seed, augment=False, shuffle=shuffle, drop_last=drop_last,
-                  device=loader.device, image_size=None if size == loader.ds.image_size else size,
-                  channels_last=loader.channels_last)
+    """A loader over the same images (same size, device and layout) with another batch size and order, unaugmented
+    (archselect's Loader, or a TensorLoader of the caller's own batches)."""
+    return loader.rebatch(batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
 
 
 def _tensors(state: Any) -> list[torch.Tensor]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..config import SearchConfig, check_rules
 from ..data import derive_seed
 from ..environment import rng_state, set_rng_state
+from ..errors import UserError
 from ..scoring.cost import Cost
 from ..scoring.evaluator import EvaluatorOptions, rebatch, take_batches
 from ..supernet import Supernet
@@ -211,8 +212,13 @@ class Perturbation(Selector):
         keep = getattr(ctx.space, "inputs_per_node", None) if o.topology else None
         net = copy.deepcopy(ctx.supernet)
         events = decision_events(net, o.edge_order, ctx.seed, keep)
-        per_event = o.tune_steps if o.tune_steps is not None else round(o.tune_epochs * len(ctx.train))
-        alpha_stream = rebatch(ctx.valid, ctx.train.batch_size, seed=ctx.seed + 1, shuffle=True, drop_last=True)
+        tunes = o.tune_steps if o.tune_steps is not None else o.tune_epochs
+        if tunes and ctx.train is None:
+            raise UserError("perturbation fine-tunes the supernet between decisions and needs training batches "
+                            "(train=...); or set its option tune_epochs=0 for no fine-tuning")
+        per_event = o.tune_steps if o.tune_steps is not None else round(o.tune_epochs * len(ctx.train or ()))
+        batch_size = (ctx.train or ctx.valid).batch_size
+        alpha_stream = rebatch(ctx.valid, batch_size, seed=ctx.seed + 1, shuffle=True, drop_last=True)
         tuner = FineTuner(net, ctx.train, alpha_stream, o, search, alpha, per_event * (len(events) - 1))
         batches = take_batches(ctx.valid, o.valid_batches)
 
