@@ -73,6 +73,24 @@ def test_darts_pt_nb201_is_the_same_function(tmp_path, float64):
     assert torch.allclose(discrete.eval()(x), expected, atol=1e-10, rtol=0)
 
 
+def test_gm_nas_sub_supernet_enc_is_the_mask(tmp_path, float64):
+    """GM-NAS saves each sub-supernet with `enc` (1: the op stays); its softmax runs over the kept ops alone."""
+    model = randomise(TinyNB201(C=4, N=1))
+    enc = torch.ones(6, 5)
+    enc[2, [0, 3]] = 0  # the split edge keeps 3 of its 5 ops in this sub-supernet
+    path = tmp_path / "supernets_1.pt"
+    state = {k: v for k, v in model.state_dict().items() if k != "arch"}
+    torch.save({"state_dict": state, "enc": enc, "alpha": [model.arch.detach()]}, path)
+    _, net = imported_supernet("darts-pt-nb201", path)
+    assert torch.equal(net.mask("cell"), enc.bool())
+    theta = model.arch.detach() * enc  # GM-NAS' masked softmax
+    for e in range(6):
+        theta[e][enc[e] == 1] = torch.softmax(theta[e][enc[e] == 1], -1)
+    assert torch.allclose(net.mixing_weights()["cell"], theta * enc, atol=1e-15)
+    x = torch.randn(4, 1, 8, 8)
+    assert_same_function(model, net, x, lambda w: w["cell"])
+
+
 @pytest.mark.parametrize("alpha_in_state", [False, True])
 def test_darts_is_the_same_function(tmp_path, float64, alpha_in_state):
     model = randomise(TinyDarts(C=4, layers=5))

@@ -6,7 +6,8 @@ archselect space (which computes the same function on the same weights), the spa
                      cells.i.edges.<d><-<s>.k.op.{1,2}.X        -> body.layers.i.edges.<index of (s,d)>.ops.<op k>.{conv,bn}.X
                      cells.i.conv_{a,b}.op.{1,2}.X              -> body.layers.i.conv_{a,b}.{conv,bn}.X
                      cells.i.downsample.1.X                     -> body.layers.i.shortcut.1.X
-                     α: checkpoint["alpha"] (or `_arch_parameters`), 6 x 5, edges in sorted "d<-s" order
+                     α: checkpoint["alpha"] (or `_arch_parameters`), 6 x 5, edges in sorted "d<-s" order;
+                     a GM-NAS sub-supernet's `enc` (the ops it keeps) becomes the mask
     darts            original DARTS `model_search.py` (8 ops with `none`, or 7 without) and the many repos reusing it
     darts-pt-darts   DARTS-PT's DARTS-space supernet, spaces s1-s5 (option search_space, default s5: DARTS without
                      `none`); s1 has its own two ops per edge (R-DARTS), imported as darts-7 with the other ops masked
@@ -122,8 +123,20 @@ def darts_pt_nb201(ckpt: Any, path: Path, options: dict[str, Any]) -> Imported:
     if cells < 5 or (cells - 2) % 3:
         raise UserError(f"{path}: {cells} cells: a NAS-Bench-201 supernet has 3N + 2 (N cells per stage)")
     options = {"C": int(stem[0]), "N": (cells - 2) // 3, **_bn_flags(state, r"^cells\.\d+\.edges\..*\.op\.2\.")}
-    return Imported("nb201", options, r.state, r.source, {"cell": alpha}, in_channels=int(stem[1]),
-                    num_classes=int(_shape(state, "classifier.weight", path, layout)[0]), epoch=_epoch(ckpt))
+    return Imported("nb201", options, r.state, r.source, {"cell": alpha}, _gm_nas_mask(ckpt, alpha, path),
+                    in_channels=int(stem[1]), num_classes=int(_shape(state, "classifier.weight", path, layout)[0]),
+                    epoch=_epoch(ckpt))
+
+
+def _gm_nas_mask(ckpt: Any, alpha: torch.Tensor, path: Path) -> dict[str, torch.Tensor]:
+    """A GM-NAS sub-supernet (`supernets_<id>.pt`) saves `enc`, 1 where an op stays in the sub-supernet: its softmax
+    runs over those ops alone and the others weigh 0, which is archselect's mask."""
+    enc = ckpt.get("enc") if isinstance(ckpt, dict) else None
+    if enc is None:
+        return {}
+    if not isinstance(enc, torch.Tensor) or enc.shape != alpha.shape or not bool((enc != 0).any(1).all()):
+        raise UserError(f"{path}: 'enc' must be a {tuple(alpha.shape)} 0/1 tensor keeping at least one op per edge")
+    return {"cell": enc != 0}
 
 
 # -- DARTS space (DARTS, DARTS-PT) -------------------------------------------------------------------------------------
