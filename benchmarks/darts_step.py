@@ -44,22 +44,30 @@ def child(args) -> None:
     space = DARTSSpace(C=args.C, N=args.layers, num_classes=10, partial_channels=K, recompute=recompute)
     net = space.supernet()
     fmt = torch.channels_last if cl else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    device = torch.device(args.device)
+    net = net.to(device, memory_format=fmt)
     opt = DartsFirstOrder(net, SearchConfig(epochs=1), steps_per_epoch=1)
 
     def batch():
-        x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
-        return x, torch.randint(0, 10, (args.batch,))
+        x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+        return x, torch.randint(0, 10, (args.batch,), device=device)
+
+    def sync():
+        if device.type == "cuda":  # time the kernels, not their launch
+            torch.cuda.synchronize(device)
 
     times, cpu = [], []
     for i in range(args.warmup + args.steps):
         train, valid = batch(), batch()
+        sync()
         start, start_cpu = time.perf_counter(), time.process_time()
         opt.step(train, valid, 0)
+        sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    peak_gb = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"  # the GPU's, not the host's
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB on Linux
     print(json.dumps({"variant": args.variant, "times": times, "cpu": cpu, "peak_gb": peak_gb}))
 
 
@@ -71,7 +79,7 @@ def parent(args) -> None:
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float] = {n: 0.0 for n in names}
-    common = ["--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch), "--size", str(args.size),
+    common = ["--device", args.device, "--C", str(args.C), "--layers", str(args.layers), "--batch", str(args.batch), "--size", str(args.size),
               "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     for r in range(args.rounds):
         for n in names:
@@ -83,17 +91,17 @@ def parent(args) -> None:
             peaks[n] = max(peaks[n], result["peak_gb"])
             print(f"round {r + 1}/{args.rounds} {n}: " + ", ".join(f"{t:.2f}" for t in result["times"])
                   + f" s/step, peak {result['peak_gb']:.2f} GB", file=sys.stderr)
-    print(f"\nDARTS supernet C={args.C}, {args.layers} cells, batch {args.batch}, {args.size}x{args.size}, "
+    print(f"\nDARTS supernet on {args.device}, C={args.C}, {args.layers} cells, batch {args.batch}, {args.size}x{args.size}, "
           f"{args.threads} threads; first-order step (alpha + weights); {args.rounds} rounds x {args.steps} steps")
     print(f"{'variant':12} {'K':>2} {'channels_last':>13} {'recompute':>9} {'median s/step':>14} {'min':>7} "
-          f"{'CPU s/step':>10} {'peak RSS GB':>12}")
+          f"{'CPU s/step':>10} {'peak GB':>12}")
     for n in names:
         K, cl, recompute = VARIANTS[n]
         t = times[n]
         print(f"{n:12} {K:>2} {str(cl):>13} {str(recompute):>9} {statistics.median(t):>14.2f} {min(t):>7.2f} "
               f"{statistics.median(cpu[n]):>10.2f} {peaks[n]:>12.2f}")
     print("CPU s/step: the process's CPU time (all threads), a load-robust estimate of the idle-machine wall time "
-          "at 1 thread")
+          "at 1 thread; peak GB: resident memory on CPU, CUDA memory allocated on a GPU")
 
 
 def main() -> None:
@@ -103,6 +111,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the variants")
     p.add_argument("--steps", type=int, default=2, help="timed steps per child process")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocator and kernel warm-up)")

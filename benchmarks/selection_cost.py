@@ -41,14 +41,14 @@ def random_set(n: int, size: int = 32, classes: int = 10, seed: int = 0) -> Imag
     return ImageSet(images, labels, classes, (0.5,) * 3, (0.25,) * 3, "random", True)
 
 
-def context(N: int, batch: int, batches: int) -> SelectionContext:
+def context(N: int, batch: int, batches: int, device: torch.device) -> SelectionContext:
     torch.manual_seed(0)  # the supernet's initial weights: the same workload (and Shapley truncations) every run
     space = NB201Space(C=16, N=N)
-    net = space.supernet().to(memory_format=torch.channels_last)  # the search default (search.channels_last)
-    common = dict(seed=0, augment=False, channels_last=True)
+    net = space.supernet().to(device, memory_format=torch.channels_last)  # the search default (channels_last)
+    common = dict(seed=0, augment=False, channels_last=True, device=device)
     valid = Loader(random_set(batch * batches, seed=1), batch, shuffle=False, drop_last=False, **common)
     train = Loader(random_set(64, seed=2), 64, **common)
-    return SelectionContext(space, net, valid, train, torch.device("cpu"), seed=0)
+    return SelectionContext(space, net, valid, train, device, seed=0)
 
 
 def measure(selector_cls, options: dict, ctx: SelectionContext):
@@ -58,7 +58,8 @@ def measure(selector_cls, options: dict, ctx: SelectionContext):
 
 
 def rows_for(N: int, args) -> list[tuple]:
-    ctx = context(N, args.batch, args.batches)
+    device = torch.device(args.device)
+    ctx = context(N, args.batch, args.batches, device)
     budgets = {
         "perturbation": (Perturbation, {"tune_steps": 0, "valid_batches": args.batches}),
         "shapley": (ShapleySelector, {"permutations": args.permutations, "batch_size": args.batch,
@@ -76,24 +77,32 @@ def rows_for(N: int, args) -> list[tuple]:
             if kind == "naive":
                 continue
             fast, t_fast, c_fast = out[kind]
-            assert fast.scores == naive.scores, f"{name}: {kind} and naive scores differ"
+            gap = max_gap(fast.scores, naive.scores)
+            # on the CPU the scores are equal bit for bit; cuDNN may pick other kernels for other shapes
+            assert gap == 0.0 or device.type == "cuda", f"{name}: {kind} and naive scores differ"
+            if gap:
+                print(f"  N={N} {name}: {kind} and naive scores differ by up to {gap:.2e} on {device}", flush=True)
             rows.append((N, name, kind, naive.cost.forward, fast.cost.forward, t_naive, t_fast, c_naive, c_fast))
             print(f"  N={N} {name}: naive {t_naive:.1f}s, {kind} {t_fast:.1f}s", flush=True)
     return rows
 
 
-def probe_batching(N: int, rounds: int = 3, sizes=(64, 128, 256, 1024)) -> None:
+def max_gap(a: dict, b: dict) -> float:
+    return max(abs(x - y) for ct in a for ra, rb in zip(a[ct], b[ct]) for x, y in zip(ra, rb))
+
+
+def probe_batching(N: int, rounds: int = 3, sizes=(64, 128, 256, 1024), device: str = "cpu") -> None:
     """Images per second of one eval-mode forward by batch size: whether stacking weight settings along the batch
     can pay on this device (stacking.py). Interleaved rounds, best of each."""
-    net = NB201Space(C=16, N=N).supernet().to(memory_format=torch.channels_last).eval()
+    net = NB201Space(C=16, N=N).supernet().to(device, memory_format=torch.channels_last).eval()
     w = net.mixing_weights(detach=True)
     best = {}
     with torch.no_grad():
         for _ in range(rounds):
             for b in sizes:
-                x = torch.randn(b, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+                x = torch.randn(b, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
                 t = time.perf_counter()
-                net(x, w)
+                net(x, w).sum().item()  # .item(): wait for the kernels
                 best[b] = max(best.get(b, 0.0), b / (time.perf_counter() - t))
     print(f"N={N} eval forward, images/s by batch size: " + ", ".join(f"{b}: {best[b]:.0f}" for b in sizes))
 
@@ -107,16 +116,18 @@ def main() -> None:
     p.add_argument("--stack", type=int, default=1, help="also measure the efficient evaluator stacking S settings")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     p.add_argument("--probe-batching", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = p.parse_args()
     keep_freed_memory()  # as the CLI does: without it, whichever variant runs after a larger one skips page faults
     torch.set_num_threads(args.threads)
     if args.probe_batching:
         for N in args.N:
-            probe_batching(N)
+            probe_batching(N, device=args.device)
         return
     rows = [r for N in args.N for r in rows_for(N, args)]
-    print(f"\nNB201 C=16, batch {args.batch} x {args.batches}, {args.permutations} Shapley permutations, "
-          f"{args.threads} thread(s); scores identical in every row")
+    same = "scores identical in every row" if args.device == "cpu" else "scores compared above"
+    print(f"\nNB201 C=16 on {args.device}, batch {args.batch} x {args.batches}, {args.permutations} Shapley "
+          f"permutations, {args.threads} thread(s); {same}")
     print(f"{'N':>2} {'selector':<13} {'variant':<10} {'fwd naive':>9} {'fwd var':>8} {'s naive':>8} {'s var':>7} "
           f"{'cpu naive':>9} {'cpu var':>8} {'wall ratio':>10} {'cpu ratio':>9}")
     for N, name, kind, fn, fe, tn, te, cn, ce in rows:

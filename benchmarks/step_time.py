@@ -40,6 +40,7 @@ FULL_GRID = [(16, 5, 32, 64), (16, 1, 32, 64), (8, 1, 32, 64), (16, 1, 16, 64), 
 QUICK_GRID = [(8, 1, 16, 32), (16, 1, 32, 64)]
 VARIANTS = ("reference", "nchw", "cl", "cl+bf16")
 CLASSES = 10
+DEVICE = torch.device("cpu")  # --device
 
 
 class PlainSupernet(nn.Module):
@@ -102,7 +103,7 @@ class Variant:
     def evaluate(self, x: torch.Tensor) -> float:
         """Seconds for one forward pass in eval mode, no gradients."""
         self.model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
             t = timed(lambda: self.model(x))
         self.model.train()
         return t
@@ -113,7 +114,7 @@ def build(name: str, C: int, N: int) -> Variant:
     net = NB201Space(C=C, N=N, num_classes=CLASSES).supernet()
     cl = name in ("cl", "cl+bf16")
     fmt = torch.channels_last if cl else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    net = net.to(DEVICE, memory_format=fmt)
     cfg = SearchConfig(epochs=1, channels_last=cl, bf16=name == "cl+bf16")
     if name == "reference":
         plain = PlainSupernet(net)
@@ -125,16 +126,23 @@ def build(name: str, C: int, N: int) -> Variant:
 def batch(B: int, size: int, fmt: torch.memory_format, seed: int):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, 3, size, size, generator=g).contiguous(memory_format=fmt)
-    return x, torch.randint(0, CLASSES, (B,), generator=g)
+    return x.to(DEVICE), torch.randint(0, CLASSES, (B,), generator=g).to(DEVICE)
 
 
 CLOCK = time.perf_counter  # or time.process_time (--clock cpu)
 
 
 def timed(f: Callable) -> float:
+    sync()
     start = CLOCK()
     f()
+    sync()
     return CLOCK() - start
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: time them, not their launch
+        torch.cuda.synchronize(DEVICE)
 
 
 def measure(C: int, N: int, size: int, B: int, names, args) -> dict[str, tuple[float, float, float]]:
@@ -166,6 +174,7 @@ def main() -> None:
     p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--eval-repeats", type=int, default=3, help="timed evaluation batches per variant (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--grid", nargs="+", type=config, metavar="C,N,SIZE,BATCH",
                    help="measure these configurations instead, e.g. --grid 16,5,32,64 8,1,16,32")
@@ -180,12 +189,13 @@ def main() -> None:
     if unknown:
         p.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    global CLOCK
+    global CLOCK, DEVICE
+    DEVICE = torch.device(args.device)
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     tuned = not args.default_malloc and keep_freed_memory()
     grid = args.grid or (QUICK_GRID if args.quick else FULL_GRID)
-    print(f"NAS-Bench-201 supernet: first-order DARTS step (α + weights) and eval (batch {args.eval_batch}); "
-          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, malloc keeps freed memory: {tuned}; "
+    print(f"NAS-Bench-201 supernet on {DEVICE}: first-order DARTS step (α + weights) and eval (batch "
+          f"{args.eval_batch}); {args.threads} threads, {args.clock} clock, torch {torch.__version__}, malloc keeps freed memory: {tuned}; "
           f"medians of {args.repeats} steps / {args.eval_repeats} eval batches after {args.warmup} warm-up; "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| C | N | size | batch | variant | s/step (median) | speed-up | s/step (min) | eval img/s |")
