@@ -178,24 +178,26 @@ def nb201_bars(standing: dict[str, dict[str, dict[str, float]]], optima: dict[st
 
 
 def cost_scatter(points: dict[str, tuple[float, int, float]], colours: dict[str, str], ylabel: str) -> bytes:
-    """One point per selector: x = selection seconds (log scale), y = accuracy; labelled with its passes."""
-    fig = new_figure(7.5, 3.8)
+    """One point per selector: x = selection seconds (log scale), y = accuracy; its passes and seconds in the legend
+    (labels beside the points would overlap when two selectors cost and score alike)."""
+    fig = new_figure(7.8, 3.6)
     ax = fig.subplots()
     for name, (seconds, passes, acc) in points.items():
         x = max(seconds, 1e-4)  # a free selector (magnitude) still has a place on the log axis
-        ax.scatter([x], [acc], s=60, color=colours[name], zorder=3, label=name)
-        ax.annotate(f"{name}\n{passes} passes", (x, acc), textcoords="offset points", xytext=(8, 0), fontsize=7.5,
-                    va="center")
+        ax.scatter([x], [acc], s=70, color=colours[name], edgecolor="black", linewidth=0.5, zorder=3,
+                   label=f"{name}: {seconds:.3g} s, {passes} passes")
     xs = [max(s, 1e-4) for s, _, _ in points.values()]
     ys = [a for _, _, a in points.values()]
-    ax.set_xscale("log")
-    ax.set_xlim(min(xs) / 3, max(xs) * 12)  # room on the right for the last label
     span = max(max(ys) - min(ys), 1.0)
-    ax.set_ylim(min(ys) - 0.2 * span, max(ys) + 0.2 * span)
-    ax.set_xlabel("selection cost: seconds (log scale); passes = forward + backward mini-batches", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlim(min(xs) / 3, max(xs) * 3)
+    ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.15 * span)
+    ax.set_xlabel("selection cost: wall seconds (log scale)", fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False,
+               title="passes: forward + backward mini-batches", title_fontsize=8)
     return png_bytes(fig)
 
 
@@ -203,6 +205,8 @@ def collapse_figure(series: dict[str, list[tuple[int, float]]], optima: dict[str
                     finals: dict[str, dict[str, float]], colours: dict[str, str]) -> bytes:
     """One panel per dataset: test accuracy of the magnitude-derived cell after each search epoch (line), the optimum
     (dashed) and, at the last epoch, each final selector's cell (markers side by side)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(4.3 * len(datasets) + 1.8, 3.4)
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     markers = "DosP^v<>"
@@ -220,6 +224,7 @@ def collapse_figure(series: dict[str, list[tuple[int, float]]], optima: dict[str
                 va="bottom")
         _headroom(ax, optima[c])
         ax.set_xlim(0.5, last + 0.9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, never 1.5
         ax.set_title(f"{label} test", fontsize=10)
         ax.set_xlabel("search epoch", fontsize=9)
         ax.tick_params(labelsize=8)

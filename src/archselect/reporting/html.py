@@ -203,43 +203,52 @@ def tau_html(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> str:
             "rank the ops (1: same order, −1: reversed, 0: unrelated).</figcaption></figure>")
 
 
+def standing_parts(table, standing: dict, selections: dict[str, Selection], colours: dict[str, str]) -> list[str]:
+    """NB201 accuracy, regret and percentile of each selector's cell (table and bars), then cost vs accuracy."""
+    parts = [f'<p class="note">NAS-Bench-201 test accuracy (%) on CIFAR-10, CIFAR-100 and ImageNet16-120; regret: '
+             f"the table's best test accuracy minus the cell's (points); pct: the percentile, the share (%) of the "
+             f"table's {len(table):,} cells at most as accurate.</p>", table_html(standing_table(standing)),
+             figure(figures.nb201_bars(standing, compare.optima(table), compare.DATASETS, colours),
+                    "NAS-Bench-201 test accuracy of each selector's cell on all three datasets; dashed: the best cell "
+                    "in the table.", "NB201 accuracy by selector")]
+    points = {n: (selections[n].cost.seconds, selections[n].cost.forward + selections[n].cost.backward,
+                  v["cifar10_test"]["accuracy"]) for n, v in standing.items()
+              if math.isfinite(v["cifar10_test"]["accuracy"])}
+    if points:
+        parts.append(figure(figures.cost_scatter(points, colours, "NAS-Bench-201 CIFAR-10 test (%)"),
+                            "Cost vs accuracy: wall seconds of the selection (log scale) against the CIFAR-10 test "
+                            "accuracy of its cell (the other datasets are in the table above).", "cost vs accuracy"))
+    return parts
+
+
+def collapse_parts(cfg, metrics: list[dict], table, standing: dict, colours: dict[str, str]) -> list[str]:
+    """The magnitude-derived cell's NB201 accuracy after each search epoch, the final selectors marked."""
+    series = compare.collapse_series(metrics, space_of(cfg, 3, 10), table)
+    if not any(series.values()):
+        return []
+    finals = {n: {c: v["accuracy"] for c, v in standing[n].items()} for n in standing}
+    png = figures.collapse_figure(series, compare.optima(table), compare.DATASETS, finals, colours)
+    return [figure(png, "After each search epoch, the NAS-Bench-201 test accuracy of the cell that magnitude (argmax "
+                   "softmax(α) per edge) derives from that epoch's α: a falling line is DARTS' collapse. Markers at "
+                   "the last epoch: the final selectors' cells.", "magnitude cell accuracy per epoch")]
+
+
 def comparison_parts(cfg, metrics: list[dict], selections: dict[str, Selection], full: bool = True) -> list[str]:
-    """The selectors of one supernet side by side: NB201 standing (table, bars), cost vs accuracy, rank agreement of
-    their scores, and the magnitude cell per search epoch. `full=False` (a bench group, whose page already has the
-    accuracy and cost tables): agreement and the per-epoch plot only."""
-    parts, names = [], list(selections)
-    colours = compare.selector_colours(names)
+    """The selectors of one supernet side by side: NB201 standing, cost vs accuracy, rank agreement of their scores,
+    the magnitude cell per search epoch. `full=False` (a bench group, whose page already has the accuracy and cost
+    tables): agreement and the per-epoch plot only. Without a table, a note says how to import one."""
+    parts, colours = [], compare.selector_colours(list(selections))
     table = table_for(cfg.benchmark) if cfg.space.name == "nb201" else None
     if table is None:
         why = IMPORT_HINT if cfg.space.name == "nb201" else f"no tabular benchmark for the {cfg.space.name} space"
         parts.append(f'<p class="note">No NAS-Bench-201 accuracy, regret or percentile: {esc(why)}.</p>')
     standing = compare.standing(selections, table) if table is not None and selections else {}
     if standing and full:
-        optima = compare.optima(table)
-        parts.append(f'<p class="note">NAS-Bench-201 test accuracy (%) on CIFAR-10, CIFAR-100 and ImageNet16-120; '
-                     f"regret: the table's best test accuracy minus the cell's (points); pct: the percentile, the "
-                     f"share (%) of the table's {len(table):,} cells at most as accurate.</p>")
-        parts.append(table_html(standing_table(standing)))
-        parts.append(figure(figures.nb201_bars(standing, optima, compare.DATASETS, colours),
-                            "NAS-Bench-201 test accuracy of each selector's cell on all three datasets; dashed: the "
-                            "best cell in the table.", "NB201 accuracy by selector"))
-        points = {n: (selections[n].cost.seconds, selections[n].cost.forward + selections[n].cost.backward,
-                      standing[n]["cifar10_test"]["accuracy"]) for n in standing}
-        parts.append(figure(figures.cost_scatter(points, colours, "NAS-Bench-201 CIFAR-10 test (%)"),
-                            "Cost vs accuracy: wall seconds of the selection (log scale) against the CIFAR-10 test "
-                            "accuracy of its cell (the other datasets are in the table above).", "cost vs accuracy"))
+        parts += standing_parts(table, standing, selections, colours)
     if len(selections) > 1:
-        parts.append(tau_html(names, compare.tau_matrix(selections)))
+        parts.append(tau_html(list(selections), compare.tau_matrix(selections)))
     if standing:
-        series = compare.collapse_series(metrics, space_of(cfg, 3, 10), table)
-        if any(series.values()):
-            finals = {n: {c: v["accuracy"] for c, v in standing[n].items()} for n in standing}
-            parts.append(figure(figures.collapse_figure(series, compare.optima(table), compare.DATASETS, finals,
-                                                        colours),
-                                "After each search epoch, the NAS-Bench-201 test accuracy of the cell that magnitude "
-                                "(argmax softmax(α) per edge) derives from that epoch's α: a falling line is DARTS' "
-                                "collapse. Markers at the last epoch: the final selectors' cells.",
-                                "magnitude cell accuracy per epoch"))
+        parts += collapse_parts(cfg, metrics, table, standing, colours)
     return parts
 
 
@@ -346,9 +355,10 @@ def run_html(run: RunDir, engine: str = "auto") -> str:
     per-epoch diagnostics."""
     cfg = run.read_config()
     metrics, selections = run.read_metrics(), ordered(load_selections(run), cfg.select.selectors)
-    rows = []
+    rows, captions = [], {}
     for name, sel in selections.items():
         bench = benchmark_metrics(sel.architecture, cfg.benchmark)
+        captions[name] = f"NB201 C10 test {fmt(bench.get('cifar10_test'))} · {sel.architecture}"
         rows.append([name, *[fmt(bench.get(c)) for c in ("cifar10_valid", "cifar10_test", "cifar100_test",
                                                           "imagenet16_test")],
                      fmt(sel.cost.seconds, "select_seconds"), str(sel.cost.forward), str(sel.cost.backward),
@@ -365,10 +375,11 @@ def run_html(run: RunDir, engine: str = "auto") -> str:
     if selections:
         parts += ['<h2 id="compare">Selectors compared</h2>', *comparison_parts(cfg, metrics, selections),
                   "<h2>Scores, α and cells</h2>"]
-    parts += run_figures(cfg, metrics, selections, engine=engine)
+    parts += run_figures(cfg, metrics, selections, captions, engine)
     series = _over_epochs({run.path.name: run})
     titles = {"hessian_eig": "largest eigenvalue of ∇²_α L_val", "search_valid_acc": "search-validation accuracy (%)"}
     if any(series[k] for k in titles):
+        parts.append("<h2>Search diagnostics</h2>")
         parts.append(figure(figures.over_epochs(series, titles), "Per search epoch.", "diagnostics over epochs"))
     return page(f"archselect run: {run.path.name}", "\n".join(parts))
 
