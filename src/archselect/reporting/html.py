@@ -22,12 +22,14 @@ from ..bench.matrix import cell_dir, cell_done, groups, read_diagnostics, select
 from ..bench.published import published_for
 from ..components import space_of
 from ..errors import UserError
-from ..evaluate.lookup import benchmark_metrics
+from ..evaluate.benchmark import IMPORT_HINT
+from ..evaluate.lookup import benchmark_metrics, table_for
 from ..files import atomic_write_bytes, read_json
 from ..runs import BenchDir, RunDir
 from ..selection.base import Selection
 from ..selection.stage import load_selections
-from . import figures, plots
+from . import compare, figures, plots
+from .compare import ordered
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d2733; background: #f6f7f9;
@@ -55,9 +57,11 @@ figcaption { font-size: 13px; color: #55606e; margin-top: 4px; max-width: 1100px
 details { border: 1px solid #e3e8ef; border-radius: 6px; margin: 10px 0; padding: 4px 14px; }
 summary { cursor: pointer; font-weight: 600; padding: 6px 0; }
 .cells { display: flex; flex-wrap: wrap; gap: 14px; }
-.cells figure { margin: 4px 0; flex: 0 1 600px; }
-.cells img { background: white; max-height: 340px; }
+.cells figure { margin: 4px 0; flex: 0 0 calc(50% - 7px); }
+.cells img { background: white; width: 100%; height: 260px; object-fit: contain; }
 .note { color: #6b7480; font-size: 13px; }
+table.matrix td { min-width: 80px; text-align: center; }
+table.matrix tbody th { position: static; }
 footer { margin-top: 40px; font-size: 12px; color: #7a8490; }
 """
 
@@ -169,6 +173,85 @@ def diagnostics_figures(groups: dict[str, RunDir], agreement: list[dict], select
     return "\n".join(parts)
 
 
+def standing_table(standing: dict[str, dict[str, dict[str, float]]]) -> Table:
+    short = {"cifar10_test": "C10", "cifar100_test": "C100", "imagenet16_test": "IN16"}
+    headers = ["selector"] + [f"{short[c]} {what}" for c in compare.DATASETS for what in ("test", "regret", "pct")]
+    rows = [[name] + [fmt(v[c][k]) for c in compare.DATASETS for k in ("accuracy", "regret", "percentile")]
+            for name, v in standing.items()]
+    return Table(headers, rows, "nb201-standing")
+
+
+def _tau_colour(v: float) -> str:
+    """Background of a τ cell: white at 0, towards red at +1 and blue at −1 (grey when undefined)."""
+    if not math.isfinite(v):
+        return "#eeeeee"
+    end = (178, 24, 43) if v > 0 else (33, 102, 172)
+    return "#" + "".join(f"{round(255 + (c - 255) * min(abs(v), 1.0)):02x}" for c in end)
+
+
+def tau_html(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> str:
+    """The selectors' rank agreement as an annotated matrix (an HTML table, so the numbers can be copied)."""
+    def cell(v: float) -> str:
+        text = f"{v:.2f}" if math.isfinite(v) else "n/a"
+        colour = "white" if math.isfinite(v) and abs(v) > 0.6 else "black"
+        return f'<td class="num" style="background:{_tau_colour(v)};color:{colour}">{text}</td>'
+    head = "<th>Kendall τ</th>" + "".join(f"<th>{esc(n)}</th>" for n in names)
+    rows = "".join(f"<tr><th>{esc(n)}</th>" + "".join(cell(v) for v in row) + "</tr>" for n, row in zip(names, matrix))
+    return ('<figure><div class="scroll"><table id="kendall-tau" class="matrix"><thead><tr>' + head +
+            f"</tr></thead><tbody>{rows}</tbody></table></div><figcaption>Rank agreement of the selectors' scores: "
+            "Kendall τ-b between two selectors' scores of the ops of one edge, averaged over every edge where both "
+            "rank the ops (1: same order, −1: reversed, 0: unrelated).</figcaption></figure>")
+
+
+def standing_parts(table, standing: dict, selections: dict[str, Selection], colours: dict[str, str]) -> list[str]:
+    """NB201 accuracy, regret and percentile of each selector's cell (table and bars), then cost vs accuracy."""
+    parts = [f'<p class="note">NAS-Bench-201 test accuracy (%) on CIFAR-10, CIFAR-100 and ImageNet16-120; regret: '
+             f"the table's best test accuracy minus the cell's (points); pct: the percentile, the share (%) of the "
+             f"table's {len(table):,} cells at most as accurate.</p>", table_html(standing_table(standing)),
+             figure(figures.nb201_bars(standing, compare.optima(table), compare.DATASETS, colours),
+                    "NAS-Bench-201 test accuracy of each selector's cell on all three datasets; dashed: the best cell "
+                    "in the table.", "NB201 accuracy by selector")]
+    points = {n: (selections[n].cost.seconds, selections[n].cost.forward + selections[n].cost.backward,
+                  v["cifar10_test"]["accuracy"]) for n, v in standing.items()
+              if math.isfinite(v["cifar10_test"]["accuracy"])}
+    if points:
+        parts.append(figure(figures.cost_scatter(points, colours, "NAS-Bench-201 CIFAR-10 test (%)"),
+                            "Cost vs accuracy: wall seconds of the selection (log scale) against the CIFAR-10 test "
+                            "accuracy of its cell (the other datasets are in the table above).", "cost vs accuracy"))
+    return parts
+
+
+def collapse_parts(cfg, metrics: list[dict], table, standing: dict, colours: dict[str, str]) -> list[str]:
+    """The magnitude-derived cell's NB201 accuracy after each search epoch, the final selectors marked."""
+    series = compare.collapse_series(metrics, space_of(cfg, 3, 10), table)
+    if not any(series.values()):
+        return []
+    finals = {n: {c: v["accuracy"] for c, v in standing[n].items()} for n in standing}
+    png = figures.collapse_figure(series, compare.optima(table), compare.DATASETS, finals, colours)
+    return [figure(png, "After each search epoch, the NAS-Bench-201 test accuracy of the cell that magnitude (argmax "
+                   "softmax(α) per edge) derives from that epoch's α: a falling line is DARTS' collapse. Markers at "
+                   "the last epoch: the final selectors' cells.", "magnitude cell accuracy per epoch")]
+
+
+def comparison_parts(cfg, metrics: list[dict], selections: dict[str, Selection], full: bool = True) -> list[str]:
+    """The selectors of one supernet side by side: NB201 standing, cost vs accuracy, rank agreement of their scores,
+    the magnitude cell per search epoch. `full=False` (a bench group, whose page already has the accuracy and cost
+    tables): agreement and the per-epoch plot only. Without a table, a note says how to import one."""
+    parts, colours = [], compare.selector_colours(list(selections))
+    table = table_for(cfg.benchmark) if cfg.space.name == "nb201" else None
+    if table is None:
+        why = IMPORT_HINT if cfg.space.name == "nb201" else f"no tabular benchmark for the {cfg.space.name} space"
+        parts.append(f'<p class="note">No NAS-Bench-201 accuracy, regret or percentile: {esc(why)}.</p>')
+    standing = compare.standing(selections, table) if table is not None and selections else {}
+    if standing and full:
+        parts += standing_parts(table, standing, selections, colours)
+    if len(selections) > 1:
+        parts.append(tau_html(list(selections), compare.tau_matrix(selections)))
+    if standing:
+        parts += collapse_parts(cfg, metrics, table, standing, colours)
+    return parts
+
+
 def run_figures(cfg, metrics: list[dict], selections: dict, captions: dict[str, str] | None = None,
                 engine: str = "auto") -> list[str]:
     """α trajectories and score heatmaps per cell type, then one cell diagram per selection (reporting/plots.py; engine:
@@ -184,8 +267,14 @@ def run_figures(cfg, metrics: list[dict], selections: dict, captions: dict[str, 
                                 f"alpha trajectories, {ct}"))
         if selections:
             parts.append(figure(plots.png_bytes(plots.score_heatmaps(selections, ct, edges, ops)),
-                                "Each selector's op scores (higher = more important; colour normalised per selector); "
-                                "the red outline marks the op it kept.", f"score heatmaps, {ct}"))
+                                "Each selector's op scores (higher = more important), raw values written in the cells "
+                                "(± standard error where the selector estimates one). Colour: one shared scale, each "
+                                "selector's scores divided by its own max |score|, so a nearly flat score looks flat. "
+                                "Outlined: the op it kept.", f"score heatmaps, {ct}"))
+        if any(s.stderr for s in selections.values()):
+            parts.append(figure(plots.png_bytes(plots.score_errorbars(selections, ct, edges, ops)),
+                                "Scores of the selectors that estimate their uncertainty, ± 1 standard error; raw "
+                                "values, each on its own scale.", f"score error bars, {ct}"))
     captions = captions or {}
     cells = [figure(plots.cell_diagram(sel.architecture, ops, engine),
                     f"{name}: {captions.get(name, sel.architecture)}", f"cell chosen by {name}")
@@ -205,7 +294,8 @@ def group_section(gid: str, run: RunDir, selectors: list[str], cells: list[dict]
     acc = {n: next((c["cifar10_test"] for c in cells if c["group"] == gid and c["selector"] == n), math.nan)
            for n in sels}
     captions = {n: f"NB201 C10 test {fmt(acc[n])}" for n in sels}
-    parts = run_figures(run.read_config(), source.read_metrics(), sels, captions, engine)
+    cfg, metrics = run.read_config(), source.read_metrics()
+    parts = run_figures(cfg, metrics, sels, captions, engine) + comparison_parts(cfg, metrics, sels, full=False)
     if run.is_split() and first:
         parts.insert(0, f'<p class="note">α trajectories: sub-supernet {esc(source.path.name)}, the one chosen for '
                         f"{esc(first)}.</p>")
@@ -227,12 +317,13 @@ def bench_html(cfg, out: Path, tables: dict[str, Any], engine: str = "auto") -> 
     for title, blocks in sections:
         parts.append(f'<section id="{_anchor(title)}">' + blocks_html(blocks))
         if _anchor(title) == "results" and summary and any(math.isfinite(r["cifar10_test_mean"]) for r in summary):
-            optimum = next((p.values["cifar10_test"][0] for p in published_for("nb201")
-                            if p.method.startswith("optimum")), None)
-            ref = {"NB201 optimum": optimum} if optimum else {}
-            parts.append(figure(figures.accuracy_bars(summary, cells, "cifar10_test", "NB201 CIFAR-10 test (%)", ref),
-                                "NAS-Bench-201 CIFAR-10 test accuracy of the derived cells: bars mean ± std over "
-                                "seeds, dots single seeds.", "accuracy by selector"))
+            optimum = next((p for p in published_for("nb201") if p.method.startswith("optimum")), None)
+            ref = {c: optimum.values[c][0] for c in compare.DATASETS if c in optimum.values} if optimum else {}
+            datasets = {c: f"{label} test" for c, label in compare.DATASETS.items()}
+            parts.append(figure(figures.accuracy_bars(summary, cells, datasets, ref),
+                                "NAS-Bench-201 test accuracy of the derived cells on all three datasets: bars mean ± "
+                                "std over seeds, dots single seeds; dashed: the benchmark's optimum "
+                                f"({optimum.source if optimum else 'none'}).", "accuracy by selector"))
         if _anchor(title) == "diagnostics":
             parts.append(diagnostics_figures(runs, tables["agreement"], list(cfg.selectors)))
         parts.append("</section>")
@@ -263,10 +354,11 @@ def run_html(run: RunDir, engine: str = "auto") -> str:
     """The page of one search run: its selections with benchmark numbers and cost, the figures of plots.py, and the
     per-epoch diagnostics."""
     cfg = run.read_config()
-    metrics, selections = run.read_metrics(), load_selections(run)
-    rows = []
+    metrics, selections = run.read_metrics(), ordered(load_selections(run), cfg.select.selectors)
+    rows, captions = [], {}
     for name, sel in selections.items():
         bench = benchmark_metrics(sel.architecture, cfg.benchmark)
+        captions[name] = f"NB201 C10 test {fmt(bench.get('cifar10_test'))} · {sel.architecture}"
         rows.append([name, *[fmt(bench.get(c)) for c in ("cifar10_valid", "cifar10_test", "cifar100_test",
                                                           "imagenet16_test")],
                      fmt(sel.cost.seconds, "select_seconds"), str(sel.cost.forward), str(sel.cost.backward),
@@ -279,10 +371,15 @@ def run_html(run: RunDir, engine: str = "auto") -> str:
         blocks += [Heading(2, "Selections"),
                    Table(["selector", "C10 valid", "C10 test", "C100 test", "IN16 test", "select s", "forward passes",
                           "backward passes", "architecture"], rows, "selections")]
-    parts = [blocks_html(blocks), *run_figures(cfg, metrics, selections, engine=engine)]
+    parts = [blocks_html(blocks)]
+    if selections:
+        parts += ['<h2 id="compare">Selectors compared</h2>', *comparison_parts(cfg, metrics, selections),
+                  "<h2>Scores, α and cells</h2>"]
+    parts += run_figures(cfg, metrics, selections, captions, engine)
     series = _over_epochs({run.path.name: run})
     titles = {"hessian_eig": "largest eigenvalue of ∇²_α L_val", "search_valid_acc": "search-validation accuracy (%)"}
     if any(series[k] for k in titles):
+        parts.append("<h2>Search diagnostics</h2>")
         parts.append(figure(figures.over_epochs(series, titles), "Per search epoch.", "diagnostics over epochs"))
     return page(f"archselect run: {run.path.name}", "\n".join(parts))
 

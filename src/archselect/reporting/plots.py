@@ -1,4 +1,5 @@
-"""Report figures (PNG): per-edge score heatmaps of every selector, α trajectories over the search, cell diagrams.
+"""Report figures (PNG): per-edge score heatmaps of every selector (one shared scale), scores with error bars, α
+trajectories over the search, cell diagrams.
 
 matplotlib is an optional extra (`pip install 'archselect[plots]'`), imported only here and only when a figure is
 drawn. Figures are built with the object-oriented API on the Agg canvas (never pyplot), so drawing a report does not
@@ -21,8 +22,10 @@ from ..errors import UserError
 from ..files import atomic_write_bytes
 from ..runs import open_run
 from ..selection.stage import load_selections
+from .compare import ordered
 
 ENGINES = ("auto", "dot", "matplotlib")
+NONE_COLOUR = "#9a9a9a"  # `none` edges: drawn dashed in grey, present but carrying nothing
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -83,52 +86,100 @@ def cell_title(cell_type: str) -> str:
 
 # -- (a) score heatmaps --------------------------------------------------------------------------------------------------
 
-def _normaliser(scores: dict[str, list[list[float]]]):
-    """Per selector, map its scores (all cell types together) to [0, 1] for colour."""
-    values = [v for rows in scores.values() for row in rows for v in row if v is not None and math.isfinite(v)]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    span = hi - lo if hi > lo else 1.0
-    return lambda v: (v - lo) / span if v is not None and math.isfinite(v) else float("nan")
+def max_abs(scores: dict[str, list[list[float]]]) -> float:
+    """The largest |score| of a selection (all cell types): the unit of its shared-scale colours (1 if all zero)."""
+    values = [abs(v) for rows in scores.values() for row in rows for v in row if v is not None and math.isfinite(v)]
+    return max(values, default=0.0) or 1.0
+
+
+def _annotation(v: float, err: float | None) -> str:
+    return _fmt(v) + (f"\n±{_fmt(err)}" if err is not None and math.isfinite(err) else "")
 
 
 def score_heatmaps(selections: dict[str, Any], cell_type: str, edges: Sequence[tuple[int, int]],
                    op_names: Sequence[str]):
-    """One panel per selector: rows = edges, columns = ops, colour = the selector's score normalised to [0, 1]
-    over its whole selection, the raw score written in each cell, the chosen op of each edge outlined."""
+    """One panel per selector, in the given order: rows = edges, columns = ops. Selectors score on different scales,
+    so colour is score / max |score| of that selector (one shared colourbar, -1..1, zero white): a flat score stays
+    flat instead of being stretched over the full range. Each cell shows the raw score (± its standard error where the
+    selector estimates one); the chosen op of each edge is outlined."""
     Figure = _mpl()
     from matplotlib.patches import Rectangle
 
     names = list(selections)
     n_e, n_o = len(edges), len(op_names)
-    panel_w, panel_h = 0.62 * n_o + 0.4, 0.42 * n_e + 0.9
-    fig = Figure(figsize=(panel_w * len(names) + 2.2, panel_h + 1.6), layout="constrained")
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    cols = len(names) if len(names) <= 2 else 2  # two panels a row keep the figure at page width, its text legible
+    rows = -(-len(names) // cols)
+    panel_w, panel_h = 0.82 * n_o + 0.5, 0.5 * n_e + 1.3
+    fig = Figure(figsize=(panel_w * cols + 1.4, panel_h * rows + 0.5), layout="constrained")
+    grid_axes = fig.subplots(rows, cols, squeeze=False)
+    axes = grid_axes.ravel()[:len(names)]
+    for ax in grid_axes.ravel()[len(names):]:
+        ax.set_visible(False)
     image = None
     for ax, name in zip(axes, names):
         sel = selections[name]
-        norm = _normaliser(sel.scores)
+        unit = max_abs(sel.scores)
         raw = sel.scores[cell_type]
-        grid = [[norm(v) for v in row] for row in raw]
-        image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        errs = (sel.stderr or {}).get(cell_type)
+        grid = [[v / unit if math.isfinite(v) else float("nan") for v in row] for row in raw]
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
         cell = sel.architecture.cell(cell_type)
         for e, edge in enumerate(edges):
             for k, v in enumerate(raw[e]):
                 shade = grid[e][k]
-                ax.text(k, e, _fmt(v), ha="center", va="center", fontsize=7,
-                        color="black" if shade == shade and shade > 0.6 else "white")
+                ax.text(k, e, _annotation(v, errs[e][k] if errs else None), ha="center", va="center",
+                        fontsize=7.5, linespacing=1.0, color="white" if shade == shade and abs(shade) > 0.6 else "black")
             chosen = cell.op_on(*edge)
             if chosen in op_names:
                 k = list(op_names).index(chosen)
-                ax.add_patch(Rectangle((k - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="#e8112d", linewidth=2.4))
-        ax.set_title(name, fontsize=10)
+                for colour, width in (("black", 3.0), ("white", 1.0)):  # visible on every colour of the map
+                    ax.add_patch(Rectangle((k - 0.45, e - 0.45), 0.9, 0.9, fill=False, edgecolor=colour,
+                                           linewidth=width))
+        ax.set_title(f"{name}\nmax |score| {_fmt(unit)}" + (" (± s.e.)" if errs else ""), fontsize=9)
         ax.set_xticks(range(n_o), op_names, rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
-        ax.set_yticks(range(n_e), [edge_label(e) for e in edges] if ax is axes[0] else [""] * n_e, fontsize=8)
+        ax.set_yticks(range(n_e), [edge_label(e) for e in edges], fontsize=8)
         ax.tick_params(length=0)
-    axes[0].set_ylabel("edge (src->dst)", fontsize=9)
-    cbar = fig.colorbar(image, ax=list(axes), shrink=0.8, pad=0.02)
-    cbar.set_label("score, normalised per selector", fontsize=8)
+    for row in grid_axes:
+        row[0].set_ylabel("edge (src->dst)", fontsize=9)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.6, pad=0.02)
+    cbar.set_label("score / max |score| of its selector", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
-    fig.suptitle(f"operation scores, {cell_title(cell_type)} (red outline: chosen op)", fontsize=11)
+    fig.suptitle(f"operation scores, {cell_title(cell_type)}: one colour scale, each selector's scores divided by its "
+                 f"max |score|\n(raw values written; outline: chosen op)", fontsize=10)
+    return fig
+
+
+def score_errorbars(selections: dict[str, Any], cell_type: str, edges: Sequence[tuple[int, int]],
+                    op_names: Sequence[str]):
+    """For the selectors that estimate a standard error: one panel each, the raw scores of every op grouped by edge,
+    ±1 s.e. as error bars, the chosen op's bar edged in black. Raw values: each panel has its own y scale."""
+    Figure = _mpl()
+    from matplotlib.patches import Patch
+
+    names = [n for n, s in selections.items() if s.stderr and cell_type in s.stderr]
+    n_o = len(op_names)
+    width = 0.8 / n_o
+    fig = Figure(figsize=(max(6.0, 0.75 * len(edges) + 2.4), 2.3 * len(names) + 0.6), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names):
+        sel = selections[name]
+        cell = sel.architecture.cell(cell_type)
+        for k, op in enumerate(op_names):
+            xs = [e - 0.4 + width * (k + 0.5) for e in range(len(edges))]
+            ys = [row[k] for row in sel.scores[cell_type]]
+            err = [row[k] for row in sel.stderr[cell_type]]
+            edge_colours = ["black" if cell.op_on(*edge) == op else "none" for edge in edges]
+            ax.bar(xs, ys, width * 0.9, yerr=err, capsize=2, color=op_colour(op, op_names), edgecolor=edge_colours,
+                   linewidth=1.4, error_kw={"elinewidth": 0.9}, label=op)
+        ax.axhline(0, color="#777777", linewidth=0.8)
+        ax.set_xticks(range(len(edges)), [edge_label(e) for e in edges], fontsize=8)
+        ax.set_ylabel("raw score, own scale", fontsize=8)
+        ax.set_title(f"{name}: score ± 1 standard error (black edge: chosen op)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(facecolor=op_colour(op, op_names), label=op) for op in op_names]  # bars' edges vary: not these
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"scores with their uncertainty, {cell_title(cell_type)}", fontsize=10)
     return fig
 
 
@@ -201,7 +252,8 @@ def _quote(text: str) -> str:
 
 
 def cell_dot(cell_type: str, cell: Cell, op_names: Sequence[str]) -> str:
-    """Graphviz source of one cell; `none` edges are absent connections and not drawn."""
+    """Graphviz source of one cell; a `none` edge (no connection) is drawn dashed and grey, so every cell of a space
+    has the same shape and a reader sees where the op was removed."""
     nodes, labels, _ = _roles(cell)
     lines = ["digraph cell {", "  rankdir=LR; nodesep=0.3; ranksep=0.6; labelloc=t; fontname=\"Helvetica\";",
              f"  label={_quote(cell_title(cell_type))};",
@@ -210,10 +262,10 @@ def cell_dot(cell_type: str, cell: Cell, op_names: Sequence[str]) -> str:
     for n in nodes:
         lines.append(f"  {_quote(str(n))} [label={_quote(labels[n])}];")
     for e in cell.edges:
-        if e.op != "none":
-            colour = _quote(op_colour(e.op, op_names))
-            lines.append(f"  {_quote(str(e.src))} -> {_quote(str(e.dst))} "
-                         f"[label={_quote(e.op)}, color={colour}, fontcolor={colour}, penwidth=1.6];")
+        colour = _quote(op_colour(e.op, op_names) if e.op != "none" else NONE_COLOUR)
+        style = "style=dashed, penwidth=1.0" if e.op == "none" else "penwidth=1.6"
+        lines.append(f"  {_quote(str(e.src))} -> {_quote(str(e.dst))} "
+                     f"[label={_quote(e.op)}, color={colour}, fontcolor={colour}, {style}];")
     if cell.concat:
         lines.append('  "out" [label="c_{k}", fillcolor="#fbeee6"];')
         lines += [f'  {_quote(str(n))} -> "out" [style=dashed, color="#999999"];' for n in cell.concat]
@@ -262,7 +314,7 @@ def cell_figure(arch: Architecture, op_names: Sequence[str]):
         cell = arch.cell(ct)
         nodes, labels, _ = _roles(cell)
         x = {n: gap * i for i, n in enumerate(nodes)}
-        links = [(e.src, e.dst, e.op) for e in cell.edges if e.op != "none"]
+        links = [(e.src, e.dst, e.op) for e in cell.edges]
         if cell.concat:
             x["out"] = gap * len(nodes)
             labels = {**labels, "out": "c_{k}"}
@@ -272,6 +324,7 @@ def cell_figure(arch: Architecture, op_names: Sequence[str]):
             span = (x[dst] - x[src]) / gap
             r = 0.0 if span <= 1 else (-rad if span % 2 == 0 else rad)  # negative rad bends a left-to-right arc up
             style = (dict(color="#aaaaaa", linewidth=1.0, linestyle="--", zorder=1) if op is None  # concat: faint
+                     else dict(color=NONE_COLOUR, linewidth=1.0, linestyle="--", zorder=1) if op == "none"
                      else dict(color=op_colour(op, op_names), linewidth=1.6, zorder=2))
             ax.add_patch(FancyArrowPatch((x[src], 0), (x[dst], 0), connectionstyle=f"arc3,rad={r}", arrowstyle="-|>",
                                          mutation_scale=12, shrinkA=16, shrinkB=16, **style))
@@ -323,13 +376,14 @@ def _space_layout(cfg, shapes: dict[str, tuple[int, int]]):
 
 
 def plot_run(run_path: str | Path, engine: str = "auto") -> list[Path]:
-    """Write RUN/report/*.png: α trajectories (alpha_CT.png), score heatmaps (scores_CT.png) and one cell diagram per
-    selection (cell_SELECTOR.png). Returns the paths written."""
+    """Write RUN/report/*.png: α trajectories (alpha_CT.png), score heatmaps (scores_CT.png), scores with error bars
+    where a selector has standard errors (stderr_CT.png) and one cell diagram per selection (cell_SELECTOR.png), the
+    selectors in the run's configured order. Returns the paths written."""
     _mpl()
     run = open_run(run_path)
     cfg = run.read_config()
     metrics = [m for m in run.read_metrics() if isinstance(m.get("alpha"), dict)]
-    selections = load_selections(run)
+    selections = ordered(load_selections(run), cfg.select.selectors)
     shapes = {}
     for source in [s.scores for s in selections.values()] + [m["alpha"] for m in metrics[-1:]]:
         for ct, rows in source.items():
@@ -345,6 +399,9 @@ def plot_run(run_path: str | Path, engine: str = "auto") -> list[Path]:
         if selections:
             fig = score_heatmaps(selections, ct, edges[ct], ops)
             written.append(save_png(png_bytes(fig), report_file(out_dir, "scores", ct)))
+        if any(s.stderr for s in selections.values()):
+            fig = score_errorbars(selections, ct, edges[ct], ops)
+            written.append(save_png(png_bytes(fig), report_file(out_dir, "stderr", ct)))
     for name, sel in selections.items():
         written.append(save_png(cell_diagram(sel.architecture, ops, engine), report_file(out_dir, "cell", name)))
     return written
