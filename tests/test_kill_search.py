@@ -31,3 +31,23 @@ def test_search_killed_at_random_moments(tmp_path, seed, capsys):
     assert all(torch.equal(a[k], b[k]) for k in b)
     result = json.loads((killed / "result.json").read_text())
     assert result["architecture"] == json.loads((reference / "result.json").read_text())["architecture"]
+
+
+@pytest.mark.parametrize("optimizer", ["drnas", "beta-darts", "darts-minus"])
+def test_search_with_each_new_optimizer_killed_and_resumed(tmp_path, optimizer, capsys):
+    """The optimizers' own state across a kill: DrNAS' Dirichlet draws (the checkpointed RNG), β-DARTS' λ and
+    DARTS−' auxiliary-skip β (the checkpointed schedule position), over 4 epochs so that both schedules move."""
+    data = tiny_idx_dir(tmp_path / "data")
+    args = [*tiny_args(data, epochs=4), "search.checkpoint_every=1", f"search.optimizer={optimizer}"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert main(["search", "--out", str(reference), *args]) == 0
+    capsys.readouterr()
+    kills = kill_and_resume(["search", "--out", str(killed), *args], ["search", "--resume", str(killed)],
+                            progress=lambda: saved_files(killed), kills=2, seed=0, max_delay=0.5, spread=6)
+    assert kills, f"{optimizer}: no kill was delivered; make the tiny run longer"
+    assert comparable_metrics(killed) == comparable_metrics(reference)
+    a = load_latest_checkpoint(killed, "supernet")["supernet"]
+    b = load_latest_checkpoint(reference, "supernet")["supernet"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    result = json.loads((killed / "result.json").read_text())
+    assert result["architecture"] == json.loads((reference / "result.json").read_text())["architecture"]

@@ -2,6 +2,7 @@
 `get("darts")` is one's class, `names()` lists them."""
 from . import darts, darts2, fixed_alpha, gumbel, rsps  # noqa: F401  (registration)
 from . import shapley  # noqa: F401  (registration)
+from . import beta_darts, darts_minus, drnas  # noqa: F401  (registration)
 from .base import OPTIMIZERS, SearchOptimizer
 
 __all__ = ["OPTIMIZERS", "SearchOptimizer"]
