@@ -328,6 +328,18 @@ def test_alpha_update_normalises_and_keeps_momentum():
     assert torch.equal(other.m["cell"], m1) and other.cost == opt.cost
 
 
+@pytest.mark.parametrize("estimator", ["antithetic", "kernel"])
+def test_search_mode_takes_each_estimator(estimator):
+    ctx = tiny_context()
+    cfg = SearchConfig(optimizer="shapley", epochs=2, options={"permutations": 2, "batch_size": 32,
+                                                               "estimator": estimator, "coalitions": 6})
+    opt = ShapleySearch(ctx.supernet, cfg, len(ctx.train))
+    alpha = ctx.supernet.alphas["cell"].detach().clone()
+    info = opt.start_epoch(1, ctx.valid)
+    assert 0 < info["shapley_forward"] <= (2 * 31 - 1 if estimator == "antithetic" else 2 * 8)
+    assert not torch.equal(ctx.supernet.alphas["cell"].detach(), alpha)
+
+
 def test_shapley_search_and_selectors_through_the_cli(tmp_path, capsys):
     data = tiny_idx_dir(tmp_path / "data")
     run = tmp_path / "run"
