@@ -85,6 +85,8 @@ CASES = {
     "perturbation-topology": (Perturbation, {"tune_steps": 1, "valid_batches": 1}, TwoTypeSpace()),
     "perturbation-stacked": (Perturbation, {**PERTURBATION, "stack": 3}, None),  # a worker stacks its share
     "shapley-stacked": (ShapleySelector, {**SHAPLEY, "stack": 4}, None),
+    "shapley-antithetic": (ShapleySelector, {**SHAPLEY, "permutations": 6, "estimator": "antithetic"}, None),
+    "shapley-kernel": (ShapleySelector, {**SHAPLEY, "permutations": 3, "estimator": "kernel", "coalitions": 8}, None),
 }
 
 
@@ -196,7 +198,8 @@ def test_select_command_splits_over_workers_and_torchrun_ranks(tmp_path):
 
     out = tmp_path / "ranks-out"
     out.mkdir()
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)  # the checkout under test
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(Path(__file__)), str(out), str(ranks)]
     code, output = run_bounded(cmd, env, timeout=240)

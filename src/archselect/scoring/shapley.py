@@ -11,6 +11,14 @@ the accuracy falls below `threshold` x the full accuracy; the players it did not
 Each permutation is scored on a fresh batch (official: 1024 images from the validation half), or on a fixed set of
 batches with `fixed_valid`. The estimate is the mean over permutations (the paper's estimator) or, with
 `estimate: mean-std`, the mean minus the population standard deviation (what the official code computes).
+
+Three estimators (`estimator`), each a mean of independent rows, one row per batch j, so that workers, resume and the
+standard error treat them alike:
+  permutation  (the paper's) one permutation π_j per row;
+  antithetic   a pair per row: π_j and its reverse, on the same batch, averaged;
+  kernel       unbiased KernelSHAP with paired sampling (Covert & Lee, AISTATS 2021; KernelSHAP-NAS): `coalitions`
+               coalitions drawn from the Shapley kernel, each with its complement; the row is the constrained weighted
+               least-squares solution with the kernel's exact Gram matrix (`kernel_row`).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from .workers import Workers
 
 Player = tuple[str, int, int]  # (cell type, edge, op index)
 ESTIMATES = ("mean", "mean-std")
+ESTIMATORS = ("permutation", "antithetic", "kernel")
 
 
 @dataclass
@@ -41,10 +50,17 @@ class ShapleyOptions(EvaluatorOptions):
     batches: int = 1              # batches per permutation (paper: 1)
     fixed_valid: bool = False     # score every permutation on the same first batches (paper: a fresh batch each)
     estimate: str = "mean"        # mean (paper) | mean-std (the official code)
+    estimator: str = "permutation"  # permutation (paper) | antithetic | kernel (see the module's docstring)
+    coalitions: int = 0           # kernel: coalitions per batch, in complementary pairs (0: the even count >= players)
 
     def check(self, prefix: str) -> None:
         self.check_evaluator(prefix)
-        check_rules(self, prefix, [(self.permutations >= 1, "permutations", "at least 1"),
+        pairs = self.estimator != "antithetic" or self.permutations % 2 == 0
+        check_rules(self, prefix, [(self.permutations >= 1 and pairs, "permutations",
+                                    "at least 1 (antithetic: an even number)"),
+                                   (self.estimator in ESTIMATORS, "estimator", f"one of {', '.join(ESTIMATORS)}"),
+                                   (self.coalitions >= 0 and self.coalitions % 2 == 0, "coalitions",
+                                    "an even number >= 0"),
                                    (self.batch_size >= 1, "batch_size", "at least 1"),
                                    (self.batches >= 1, "batches", "at least 1"),
                                    (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}")])
@@ -96,6 +112,72 @@ def permutation(n: int, seed: int, j: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 0x5A, j))).tolist()
 
 
+def antithetic_contributions(values: Callable[[list[list[bool]]], list[float]], n: int, order: Sequence[int],
+                             threshold: float, ahead: int = 1) -> Permutation:
+    """A permutation and its reverse on the same values, averaged: a player removed late in one is removed early in
+    the other, so the pair's errors partly cancel. `removed` counts both."""
+    one = removal_contributions(values, n, order, threshold, ahead)
+    back = removal_contributions(values, n, list(reversed(order)), threshold, ahead)
+    return Permutation([(a + b) / 2 for a, b in zip(one.contributions, back.contributions)], one.full,
+                       one.removed + back.removed)
+
+
+# -- KernelSHAP -------------------------------------------------------------------------------------------------------
+
+def kernel_sizes(n: int) -> torch.Tensor:
+    """Probability of each coalition size s = 1 … n−1 under the Shapley kernel: ∝ (n−1) / (s (n−s))."""
+    s = torch.arange(1, n, dtype=torch.float64)
+    q = 1.0 / (s * (n - s))
+    return q / q.sum()
+
+
+def kernel_coalitions(n: int, seed: int, j: int, count: int) -> list[list[bool]]:
+    """Block j's `count` coalitions, a pure function of (seed, j): count/2 drawn from the Shapley kernel (a size, then
+    a uniform subset of that size), each followed by its complement (paired sampling)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, 0x5C, j))
+    out = []
+    for s in (torch.multinomial(kernel_sizes(n), count // 2, replacement=True, generator=g) + 1).tolist():
+        z = [False] * n
+        for p in torch.randperm(n, generator=g)[:s].tolist():
+            z[p] = True
+        out += [z, [not p for p in z]]
+    return out
+
+
+def kernel_row(coalitions: Sequence[Sequence[bool]], values: Sequence[float], empty: float, full: float,
+               weights: Sequence[float] | None = None) -> list[float]:
+    """KernelSHAP: φ = argmin E_z[(v(z) − v(∅) − zᵀφ)²] subject to Σφ = v(N) − v(∅), z drawn from the Shapley kernel.
+    Its exact Gram matrix E[zzᵀ] is a·I + c·11ᵀ (E[z_i] = 1/2, c = E[z_i z_k] for i ≠ k), and the Lagrangian
+    solution is φ = (b − mean b) / a + (v(N) − v(∅)) / n with b = E[z (v(z) − v(∅))]. Only b is estimated: the
+    weighted mean over `coalitions` (`weights` = their probabilities; None: drawn, equal weights). Linear in b, so
+    the rows of several batches average to the estimate over all of them, unbiased."""
+    n = len(coalitions[0])
+    z = torch.tensor(coalitions, dtype=torch.float64)
+    w = torch.full((len(z),), 1.0 / len(z), dtype=torch.float64) if weights is None else \
+        torch.tensor(weights, dtype=torch.float64)
+    b = (w * (torch.tensor(values, dtype=torch.float64) - empty)) @ z
+    s = torch.arange(1, n, dtype=torch.float64)
+    a = 0.5 - float((kernel_sizes(n) * s * (s - 1)).sum()) / (n * (n - 1))
+    return ((b - b.mean()) / a + (full - empty) / n).tolist()
+
+
+def score_row(values: Callable[[list[list[bool]]], list[float]], n: int, opts: "ShapleyOptions", seed: int, j: int,
+              ahead: int = 1) -> Permutation:
+    """Row j of `opts.estimator` (see the module's docstring). For kernel, `full` is v(N) and `removed` the number of
+    coalitions."""
+    if opts.estimator == "kernel":
+        coalitions = kernel_coalitions(n, seed, j, opts.coalitions or n + n % 2)
+        full, empty, *rest = values([[True] * n, [False] * n, *coalitions])
+        return Permutation(kernel_row(coalitions, rest, empty, full), full, len(coalitions))
+    scorer = antithetic_contributions if opts.estimator == "antithetic" else removal_contributions
+    return scorer(values, n, permutation(n, seed, j), opts.threshold, ahead)
+
+
+def rows_wanted(opts: "ShapleyOptions") -> int:
+    """Rows the estimate averages: `permutations` permutations, their pairs (antithetic) or batches (kernel)."""
+    return opts.permutations // 2 if opts.estimator == "antithetic" else opts.permutations
+
+
 # -- the supernet game ------------------------------------------------------------------------------------------------
 
 def players_of(supernet: Supernet) -> list[Player]:
@@ -115,9 +197,9 @@ def without(base: dict[str, torch.Tensor], players: Sequence[Player],
 @dataclass
 class ShapleyEstimate:
     players: list[Player]
-    contributions: torch.Tensor  # permutations x players (float64)
-    full: list[float]            # full-supernet accuracy per permutation
-    removed: list[int]           # players removed per permutation before truncation
+    contributions: torch.Tensor  # rows x players (float64): permutations, pairs or kernel batches
+    full: list[float]            # full-supernet accuracy per row
+    removed: list[int]           # players removed per row before truncation (kernel: coalitions)
 
     def values(self, estimate: str = "mean") -> torch.Tensor:
         mean = self.contributions.mean(0)
@@ -146,9 +228,9 @@ def batch_source(valid: Loader, opts: ShapleyOptions, seed: int) -> Loader:
 
 def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, list | None]]
                        ) -> list[tuple[Permutation, Cost]]:
-    """Permutations `items` = [(j, its batches, or None for the game's fixed batches)] of `game` (players, base
-    weights, options, seed), each with its own evaluator and Cost: a permutation's contributions and its count of
-    forward passes depend on (seed, j) and its batches alone, however the permutations are shared out or resumed."""
+    """Rows `items` = [(j, its batches, or None for the game's fixed batches)] of `game` (players, base weights,
+    options, seed), each with its own evaluator and Cost: a row's contributions and its count of forward passes
+    depend on (seed, j) and its batches alone, however the rows are shared out or resumed."""
     players, base, opts = game["players"], game["base"], game["opts"]
     out = []
     for j, batches in items:
@@ -158,8 +240,7 @@ def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, li
         def values(coalitions: list[list[bool]]) -> list[float]:
             return [o.accuracy for o in ev.many([without(base, players, present) for present in coalitions])]
 
-        order = permutation(len(players), game["seed"], j)
-        out.append((removal_contributions(values, len(players), order, opts.threshold, ev.stack), cost))
+        out.append((score_row(values, len(players), opts, game["seed"], j, ev.stack), cost))
     return out
 
 
@@ -167,8 +248,8 @@ def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int
              done: Sequence[Permutation] = (), after: Callable[[list[Permutation]], None] | None = None,
              workers: Workers | None = None, space=None) -> ShapleyEstimate:
     """Monte-Carlo Shapley values of `supernet`'s enabled ops on batches of `source` (see `batch_source`). `done` are
-    permutations already scored (a resume). With `workers` (and the `space` that rebuilds the supernet on them) the
-    rest are scored in rounds of one permutation per worker, `after(all so far)` called after each round (a
+    rows already scored (a resume). With `workers` (and the `space` that rebuilds the supernet on them) the rest
+    are scored in rounds of one row per worker, `after(all so far)` called after each round (a
     checkpoint); without, in one round shared out over the ranks under torchrun (the search mode: every rank runs
     this). Either way the rows, and the passes added to `cost`, are those of one process scoring them in turn."""
     players = players_of(supernet)
@@ -179,9 +260,10 @@ def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int
         return j, None if opts.fixed_valid else _fresh_batches(source, j, opts.batches)
 
     rows = list(done)
-    per_round = workers.count if workers is not None else opts.permutations
-    while len(rows) < opts.permutations:
-        js = range(len(rows), min(len(rows) + per_round, opts.permutations))
+    wanted = rows_wanted(opts)
+    per_round = workers.count if workers is not None else wanted
+    while len(rows) < wanted:
+        js = range(len(rows), min(len(rows) + per_round, wanted))
         if workers is None:
             scored = distributed.rank_map(lambda j: score_permutations(supernet, game, [item(j)])[0], list(js))
         else:

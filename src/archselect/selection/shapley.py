@@ -10,7 +10,7 @@ import torch
 
 from ..environment import rng_state, set_rng_state
 from ..scoring.cost import Cost
-from ..scoring.shapley import Permutation, ShapleyOptions, batch_source, estimate
+from ..scoring.shapley import Permutation, ShapleyOptions, batch_source, estimate, rows_wanted
 from .base import Selection, Selector, as_lists, register
 from .progress import Progress, fingerprint
 
@@ -22,13 +22,14 @@ log = logging.getLogger(__name__)
 @register("shapley")
 class ShapleySelector(Selector):
     """Each edge keeps the op with the largest estimated Shapley value (the space's usual derivation rule on these
-    scores). Checkpoints after every round of permutations (one per worker of `ctx.workers`; one worker: after
-    every permutation); a new call on the same work directory resumes, with any number of workers."""
+    scores). Checkpoints after every round of rows (permutations, pairs or kernel batches; one per worker of
+    `ctx.workers`); a new call on the same work directory resumes, with any number of workers."""
 
     Options = ShapleyOptions
 
     def run(self, ctx) -> Selection:
         o, net = self.options, ctx.supernet
+        unit = {"permutation": "permutation", "antithetic": "pair", "kernel": "batch"}[o.estimator]
         progress = Progress(ctx.workdir, self.name, fingerprint(net, o, ctx.seed))
         saved = progress.load()
         cost, done = Cost(), []
@@ -37,11 +38,11 @@ class ShapleySelector(Selector):
             done = [Permutation(c, f, r) for c, f, r in
                     zip(saved["contributions"].tolist(), saved["full"], saved["removed"])]
             set_rng_state(saved["rng"])
-            log.info(f"  resuming {self.name} after {len(done)} of {o.permutations} permutations")
+            log.info(f"  resuming {self.name} after {len(done)} of {rows_wanted(o)} {unit}s")
 
         def checkpoint(rows: list[Permutation]) -> None:
-            log.info(f"  permutation {len(rows)}/{o.permutations}: full accuracy {rows[-1].full:.3f}, "
-                    f"{rows[-1].removed} players removed")
+            log.info(f"  {unit} {len(rows)}/{rows_wanted(o)}: full accuracy {rows[-1].full:.3f}, "
+                    f"{rows[-1].removed} {'coalitions' if o.estimator == 'kernel' else 'players removed'}")
             contributions = torch.tensor([r.contributions for r in rows], dtype=torch.float64)
             progress.save(len(rows), {"contributions": contributions, "full": [r.full for r in rows],
                                       "removed": [r.removed for r in rows], "cost": vars(cost), "rng": rng_state()})
@@ -53,7 +54,10 @@ class ShapleySelector(Selector):
         stderr = est.stderr()
         masks = {ct: net.mask(ct) for ct in net.cell_types}
         arch = ctx.space.derive({ct: s.float() for ct, s in scores.items()}, masks)
-        details = {"estimate": o.estimate, "players": len(est.players), "permutations": len(est.full),
-                   "full_accuracy": est.full, "removed": est.removed, "resumed_after": len(done)}
+        rows = len(est.full)
+        details = {"estimate": o.estimate, "estimator": o.estimator, "players": len(est.players),
+                   "permutations": {"permutation": rows, "antithetic": 2 * rows, "kernel": 0}[o.estimator],
+                   "full_accuracy": est.full, "removed": est.removed, "resumed_after": len(done),
+                   **({"batches": rows, "coalitions": est.removed[0]} if o.estimator == "kernel" else {})}
         return Selection(self.name, arch, as_lists(scores),
                          as_lists(est.matrices(net, stderr)) if stderr is not None else None, cost, details)
