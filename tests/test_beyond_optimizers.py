@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import archselect as asel
-from archselect.config import SearchConfig
 from archselect.errors import UserError
 from archselect.optimizers import OPTIMIZERS
 from archselect.optimizers.beta_darts import beta_loss
@@ -15,28 +14,13 @@ from archselect.optimizers.darts_minus import aux_beta, with_aux_skip
 from archselect.optimizers.drnas import concentration, dirichlet_sample
 from archselect.spaces import SPACES
 from archselect.spaces.mixed import MixedEdge
-from archselect.spaces.nb201 import NB201Space
 from archselect.supernet import make_plan
 
 from conftest import tiny_idx_dir
+from test_optimizers import batch, make, tiny_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAMES = ["drnas", "beta-darts", "darts-minus"]
-
-
-def tiny_supernet(dtype=torch.float32):
-    torch.manual_seed(0)
-    return NB201Space(C=4, N=1, in_channels=1, num_classes=3).supernet().to(dtype).train()
-
-
-def batch(seed, dtype=torch.float32, n=8):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
-
-
-def make(name, sn, epochs=4, **options):
-    cfg = SearchConfig(optimizer=name, epochs=epochs, options=options, w_lr=0.1, a_lr=0.05)
-    return OPTIMIZERS.get(name)(sn, cfg, steps_per_epoch=2)
 
 
 # -- β-DARTS -----------------------------------------------------------------------------------------------------------

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import OPTIMIZERS, accuracy
+from .base import OPTIMIZERS
 from .darts import DartsFirstOrder
 
 
@@ -50,17 +49,9 @@ class BetaDarts(DartsFirstOrder):
         return self.options.lambda_max * self.scheduler.last_epoch / max(self.cfg.epochs, 1)
 
     def arch_step(self, valid, epoch):
-        x, y = valid
         sn = self.supernet
-        logits = sn(x, sn.mixing_weights())
-        loss = F.cross_entropy(logits, y)
         reg = sum(beta_loss(sn.alphas[ct], sn.mask(ct)) for ct in sn.cell_types)
-        alphas = sn.arch_parameters()
-        grads = torch.autograd.grad(loss + self.weight * reg, alphas, allow_unused=True, materialize_grads=True)
-        for a, g in zip(alphas, grads):
-            a.grad = g
-        self.a_optimizer.step()
-        return {"valid_loss": loss.item(), "valid_acc": accuracy(logits, y), "beta_loss": float(reg.detach())}
+        return {**self.alpha_step(valid, sn.mixing_weights(), self.weight * reg), "beta_loss": float(reg.detach())}
 
     def step(self, train, valid, epoch):
         return {**super().step(train, valid, epoch), "beta_weight": self.weight}

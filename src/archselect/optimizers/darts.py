@@ -23,11 +23,18 @@ class DartsFirstOrder(SearchOptimizer):
                                             weight_decay=cfg.a_weight_decay)
 
     def arch_step(self, valid, epoch):
+        return self.alpha_step(valid, self.supernet.mixing_weights())
+
+    def alpha_step(self, valid, weights: dict[str, torch.Tensor], regulariser: torch.Tensor | None = None
+                   ) -> dict[str, float]:
+        """One Adam step on α from the validation loss with mixing weights `weights` (a function of α: softmax for
+        DARTS, a Dirichlet sample for DrNAS, ...), plus `regulariser` (a scalar function of α) when given."""
         x, y = valid
         alphas = self.supernet.arch_parameters()
-        logits = self.supernet(x, self.supernet.mixing_weights())
+        logits = self.supernet(x, weights)
         loss = F.cross_entropy(logits, y)
-        grads = torch.autograd.grad(loss, alphas)
+        total = loss if regulariser is None else loss + regulariser
+        grads = torch.autograd.grad(total, alphas, allow_unused=True, materialize_grads=True)
         for a, g in zip(alphas, grads):
             a.grad = g
         self.a_optimizer.step()

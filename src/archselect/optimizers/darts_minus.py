@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import OPTIMIZERS, accuracy
+from .base import OPTIMIZERS
 from .darts import DartsFirstOrder
 
 DECAYS = ("linear", "cosine", "none")
@@ -85,14 +85,7 @@ class DartsMinus(DartsFirstOrder):
         return self.weights(detach=True)
 
     def arch_step(self, valid, epoch):
-        x, y = valid
-        logits = self.supernet(x, self.weights(detach=False))
-        loss = F.cross_entropy(logits, y)
-        alphas = self.supernet.arch_parameters()
-        for a, g in zip(alphas, torch.autograd.grad(loss, alphas, allow_unused=True, materialize_grads=True)):
-            a.grad = g
-        self.a_optimizer.step()
-        return {"valid_loss": loss.item(), "valid_acc": accuracy(logits, y)}
+        return self.alpha_step(valid, self.weights(detach=False))
 
     def step(self, train, valid, epoch):
         return {**super().step(train, valid, epoch), "aux_skip": self.beta}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import OPTIMIZERS, accuracy
+from .base import OPTIMIZERS
 from .darts import DartsFirstOrder
 
 
@@ -57,11 +57,4 @@ class DrNAS(DartsFirstOrder):
         return self.sample(detach=True)
 
     def arch_step(self, valid, epoch):
-        x, y = valid
-        logits = self.supernet(x, self.sample(detach=False))
-        loss = F.cross_entropy(logits, y)
-        alphas = self.supernet.arch_parameters()
-        for a, g in zip(alphas, torch.autograd.grad(loss, alphas, allow_unused=True, materialize_grads=True)):
-            a.grad = g
-        self.a_optimizer.step()  # its weight decay is DrNAS' L2 anchor
-        return {"valid_loss": loss.item(), "valid_acc": accuracy(logits, y)}
+        return self.alpha_step(valid, self.sample(detach=False))  # Adam's weight decay is DrNAS' L2 anchor
