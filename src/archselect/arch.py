@@ -23,6 +23,16 @@ NB201_NODES = 4  # node 0 is the cell input, node 3 its output
 FORMAT_VERSION = 1
 
 
+def edge_name(src: int, dst: int) -> str:
+    """An edge as users read it, everywhere: source->destination node, '0->3'."""
+    return f"{src}->{dst}"
+
+
+def edge_label(index: int, src: int, dst: int) -> str:
+    """An edge where its index matters too (a config key such as split.edges takes indices): 'edge 3 (0->3)'."""
+    return f"edge {index} ({edge_name(src, dst)})"
+
+
 @dataclass(frozen=True)
 class Edge:
     src: int

@@ -3,23 +3,36 @@
 
 Prefixes name where a line comes from, without passing anything down: `with prefix("seed-1"):` makes every line
 logged inside (in this thread or task) start with `[seed-1] `; prefixes nest (`[0] [0.1] ...` in a split search).
+
+Progress of a long loop is a log line too, at most one every 10 s (`Progress`, `track`), so that the console, CI logs
+and log.txt all show a slow step moving, with its ETA, without a line per iteration. Deep inner loops (an evaluator's
+batches, a Hessian-vector product) call `tick()`, which lets the innermost active Progress speak when a line is due.
+A step that is one long call with nothing to count (writing a bench's report) runs inside `heartbeat()`.
 """
 from __future__ import annotations
 
 import contextvars
 import logging
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from . import distributed
 
 ROOT = "archselect"
+EVERY = 10.0  # seconds: the longest a long step stays silent
 _prefix: contextvars.ContextVar[str] = contextvars.ContextVar("archselect_log_prefix", default="")
+_active: contextvars.ContextVar[tuple["Progress", ...]] = contextvars.ContextVar("archselect_progress", default=())
+T = TypeVar("T")
 
 
 class _AddPrefix(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.prefix = _prefix.get()
+        _REAL.last = time.monotonic()
         return True
 
 
@@ -75,3 +88,132 @@ def to_file(path: Path) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
+
+
+def percent(fraction: float) -> str:
+    """An accuracy as users read it (files keep fractions): 0.93274 -> '93.27%'."""
+    return f"{100 * fraction:.2f}%"
+
+
+# -- progress ---------------------------------------------------------------------------------------------------------
+
+def duration(seconds: float) -> str:
+    """'8 s', '1 min 42 s', '2 h 05 min'."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class _Timer:
+    """When the last line was written. Every Progress on the real clock shares one, which every archselect log line
+    resets (_AddPrefix): progress lines fill silences, they never add to a step that already talks."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock, self.last = clock, clock()
+
+
+_REAL = _Timer(time.monotonic)
+
+
+class Progress:
+    """Progress lines of a long loop, through the `archselect` logger: `shapley: permutation 12/50, 34 s elapsed,
+    ETA 1 min 42 s` (no ETA without a total), written when nothing was logged for `every` seconds (the first `every`
+    after the start at the earliest), and a closing line if the loop took longer than that; a short loop says nothing. Use as a context manager, calling `update()`
+    per unit done; `done` units were done before (a resume: the ETA counts only this session's pace). `final=False`
+    drops the closing line (for loops that log their own summary). Only torchrun's rank 0 speaks (the others run the
+    same loops). `clock` is for tests; a Progress entered inside another shares its clock."""
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "step", *, done: int = 0, final: bool = True,
+                 every: float = EVERY, clock: Callable[[], float] = time.monotonic):
+        self.what, self.total, self.unit, self.count, self.final = what, total, unit, done, final
+        self.quiet = not distributed.is_main()
+        self.every, self._first, self._clock = every, done, clock
+        self._timer: _Timer | None = None
+        self.start = 0.0
+
+    def __enter__(self) -> "Progress":
+        outer = _active.get()
+        if outer:
+            self._timer = outer[-1]._timer
+        else:
+            self._timer = _REAL if self._clock is time.monotonic else _Timer(self._clock)
+        self.start = self._timer.clock()
+        if not outer:  # a step's first line comes `every` after it starts, however long the step before was silent
+            self._timer.last = self.start
+        _active.set((*outer, self))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        _active.set(tuple(p for p in _active.get() if p is not self))
+        elapsed = self._timer.clock() - self.start
+        if exc_type is None and self.final and not self.quiet and elapsed >= self.every:
+            logging.getLogger(ROOT).info(f"{self.what}: {self._position()}, done in {duration(elapsed)}")
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        self.poll()
+
+    def poll(self) -> None:
+        """Write a line if one is due."""
+        timer = self._timer
+        if timer is None:
+            return
+        now = timer.clock()
+        if now - timer.last >= self.every:
+            timer.last = now
+            if not self.quiet:
+                logging.getLogger(ROOT).info(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.start
+        text = f"{self.what}: {self._position()}, {duration(elapsed)} elapsed"
+        done = self.count - self._first
+        if self.total is not None and done > 0 and self.count < self.total:
+            text += f", ETA {duration(elapsed / done * (self.total - self.count))}"
+        return text
+
+    def _position(self) -> str:
+        return f"{self.unit} {self.count}" + (f"/{self.total}" if self.total is not None else "")
+
+
+def tick(n: int = 0) -> None:
+    """From inside a long loop: advance the innermost active Progress by `n` units (0: only a sign of life) and let
+    it write a line if one is due. Nothing when no Progress is active (e.g. in a worker process)."""
+    active = _active.get()
+    if active:
+        active[-1].update(n)
+
+
+def track(items: Iterable[T], what: str, total: int | None = None, unit: str = "step", **kwargs) -> Iterator[T]:
+    """`items`, one Progress unit each (total: len(items) when it has one)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with Progress(what, total, unit, **kwargs) as progress:
+        for item in items:
+            yield item
+            progress.update()
+
+
+@contextmanager
+def heartbeat(what: str, every: float = EVERY, poll: float = 1.0) -> Iterator[None]:
+    """For one long call that cannot report its own progress: from a helper thread, `what: 40 s elapsed` whenever
+    nothing was logged for `every` seconds (with the caller's prefix)."""
+    stop, start, logger = threading.Event(), time.monotonic(), logging.getLogger(ROOT)
+
+    def beat() -> None:
+        while not stop.wait(poll):
+            now = time.monotonic()
+            if now - max(_REAL.last, start) >= every and distributed.is_main():
+                _REAL.last = now
+                logger.info(f"{what}: {duration(now - start)} elapsed")
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(beat,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
