@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from .. import logs
 from ..arch import Architecture
 from ..components import space_of, to_device
 from ..config import RunConfig, SpaceConfig, TrainConfig
@@ -147,9 +147,8 @@ class TrainRun:
         self.model.train()
         sums = {"train_loss": 0.0, "train_acc": 0.0}
         loader = self.data.train
-        bar = tqdm(loader.epoch(self.epoch), total=len(loader), desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)
-        for x, y in bar:
+        for x, y in logs.track(loader.epoch(self.epoch), f"epoch {self.epoch + 1}/{t.epochs}", len(loader),
+                               final=False):
             for k, v in self.train_step(x, y).items():
                 sums[k] += v
         lr = self.optimizer.param_groups[0]["lr"]

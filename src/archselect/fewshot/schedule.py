@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .. import logs
+from ..arch import edge_label
 from ..config import RunConfig, SplitConfig, build, check, to_dict
 from ..data.loader import derive_seed
 from ..environment import configure, seed_everything
@@ -140,9 +140,10 @@ def decide_split(sn, train, epoch: int, s: Settings, level: int) -> dict[str, An
         ct, e = candidates[0]
         groups = [[k] for k in enabled_ops(sn, ct, e)]
     else:
-        batches = tqdm(cyclic_batches(train, epoch, s.batches), total=s.batches, leave=False,
-                       desc=f"gradient matching on {len(candidates)} edge(s)", disable=None, dynamic_ncols=True)
-        measured, cost = measure(sn, candidates, batches, s.distance, s.op_weight)
+        gradients = s.batches * sum(len(enabled_ops(sn, ct, e)) for ct, e in candidates)
+        with logs.Progress("gradient matching", gradients, "op gradient"):
+            measured, cost = measure(sn, candidates, cyclic_batches(train, epoch, s.batches), s.distance,
+                                     s.op_weight)
         parts = [best_partition(d.mean, s.groups, s.sizes) if s.method == "gm" else singletons(d.mean)
                  for d in measured]
         best = pick_edge(parts, criterion)

@@ -396,9 +396,10 @@ def report(run: str | Path | RunDir, engine: str = "auto") -> list[Path]:
     """Plots and one self-contained HTML page of a run (RUN/report/), or a bench's comparison page
     (BENCH/report/index.html); returns the files written, the page last."""
     path = run.path if isinstance(run, RunDir) else Path(run)
-    if is_bench(path):
-        return [html.write_bench_report(path, engine)]
-    return [*plots.plot_run(path, engine), html.write_run_report(path, engine)]
+    with logs.heartbeat("report"):
+        if is_bench(path):
+            return [html.write_bench_report(path, engine)]
+        return [*plots.plot_run(path, engine), html.write_run_report(path, engine)]
 
 
 def show(run: str | Path | RunDir) -> str:
