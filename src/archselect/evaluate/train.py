@@ -161,9 +161,10 @@ class TrainRun:
             record.update(test_loss=loss, test_acc=acc)
         record["seconds"] = time.perf_counter() - start
         self.run.append_metrics(record)
-        test = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.4f}" if "test_acc" in record else ""
+        test = (f"  test loss {record['test_loss']:.3f} acc {logs.percent(record['test_acc'])}"
+                if "test_acc" in record else "")
         log.info(f"epoch {self.epoch + 1}/{t.epochs}  lr {lr:.4f}  train loss {record['train_loss']:.3f} "
-                 f"acc {record['train_acc']:.3f}{test}  {record['seconds']:.1f}s")
+                 f"acc {logs.percent(record['train_acc'])}{test}  {record['seconds']:.1f}s")
         self.epoch += 1
         self.save()
 

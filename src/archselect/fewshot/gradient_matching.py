@@ -222,7 +222,8 @@ def measure(supernet: Supernet, edges: Sequence[tuple[str, int]], batches: Itera
     for ct, e in edges:
         ops = tuple(k for k, on in enumerate(supernet.mask(ct)[e].tolist()) if on)
         if len(ops) < 2:
-            raise ValueError(f"edge {e} of cell type {ct!r} has {len(ops)} enabled op(s); nothing to compare")
+            raise ValueError(f"{edge_label(e, *supernet.edges[ct][e])} of cell type {ct!r} has {len(ops)} enabled "
+                             f"op(s); nothing to compare")
         plan.append((ct, e, ops, [p for _, p in shared_parameters(supernet, ct, e, pmap)]))
     stats = [_RunningMean() for _ in plan]
     was_training = supernet.training

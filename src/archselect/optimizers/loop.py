@@ -230,8 +230,8 @@ class SearchRun:
         if distributed.is_main():
             log.info(f"epoch {self.epoch + 1}/{self.cfg.search.epochs}  lr {lr:.4f}  "
                      f"train loss {means.get('train_loss', float('nan')):.3f} "
-                     f"acc {means.get('train_acc', float('nan')):.3f}  valid loss {valid_loss:.3f} acc {valid_acc:.3f}"
-                     f"  {seconds:.1f}s")
+                     f"acc {logs.percent(means.get('train_acc', float('nan')))}  valid loss {valid_loss:.3f} "
+                     f"acc {logs.percent(valid_acc)}  {seconds:.1f}s")
         self.epoch, self.step, self.meters, self.epoch_start = self.epoch + 1, 0, {}, {}
         self.save()
 
