@@ -200,7 +200,7 @@ class SearchRun:
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < len(train):
                         self.meters["seconds"] = time.perf_counter() - start_time
                         self.save()
-            self._finish_epoch(time.perf_counter() - start_time)
+                self._finish_epoch(time.perf_counter() - start_time)  # its evaluation's progress continues this one
 
     def _accumulate(self, out: dict[str, float]) -> None:
         for k, v in out.items():
