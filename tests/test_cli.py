@@ -1,6 +1,7 @@
 """The `archselect` command end to end on a tiny IDX dataset: search, show, select, benchmark, errors, kill/resume."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def test_search_show_select(tmp_path, data_dir, capsys):
 
     code, out, _ = run_cli(["show", str(run)], capsys)
     assert code == 0 and "epochs done: 2/2" in out and text in out
+    assert re.search(r"last epoch: train acc \d+\.\d\d%, search-valid acc \d+\.\d\d%", out)
 
     code, out, _ = run_cli(["select", str(run), "--selector", "magnitude"], capsys)
     assert code == 0 and text in out
@@ -65,7 +67,10 @@ def test_search_show_select(tmp_path, data_dir, capsys):
 def test_search_with_benchmark_table(tmp_path, data_dir, nb201_csv, capsys):
     run = tmp_path / "run"
     code, out, _ = run_cli(["search", "--out", str(run), f"benchmark={nb201_csv}", *tiny_args(data_dir, 1)], capsys)
-    assert code == 0 and "NAS-Bench-201: cifar10_valid" in out
+    assert code == 0 and re.search(r"^NAS-Bench-201: cifar10_valid \d+\.\d\d%  cifar10_test \d+\.\d\d%", out, re.M)
+    # accuracies as percent with two decimals, in the epoch line too
+    assert re.search(r"^epoch 1/1  lr [\d.]+  train loss [\d.]+ acc \d+\.\d\d%  valid loss [\d.]+ acc \d+\.\d\d%", out,
+                     re.M)
     bench = json.loads((run / "result.json").read_text())["benchmark"]
     assert 0 < bench["cifar10_test"] < 100 and bench["source"]["rows"] == 15625
 
@@ -74,7 +79,7 @@ def test_benchmark_import_and_query(nb201_csv, capsys):
     code, out, _ = run_cli(["benchmark", "import", str(nb201_csv)], capsys)
     assert code == 0 and "imported 15625" in out
     code, out, _ = run_cli(["benchmark", "query", "6111"], capsys)
-    assert code == 0 and "94.3733" in out
+    assert code == 0 and "cifar10_test: 94.37%" in out  # the table's accuracies, in percent
     best = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     code, out, _ = run_cli(["benchmark", "query", best], capsys)
     assert code == 0 and "cifar10_test" in out

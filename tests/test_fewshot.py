@@ -473,6 +473,8 @@ def test_split_command_scores_a_finished_search(tmp_path, data_dir, capsys):
     assert main(["split", str(run), "split.batches=1", "split.edge_criterion=within"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("* cell edge") for line in lines) == 1 and len(lines) == 7
+    nb201 = ["0->1", "0->2", "1->2", "0->3", "1->3", "2->3"]  # edges by index where split.edges needs it, and by nodes
+    assert [line[2:].split(":")[0] for line in lines[:6]] == [f"cell edge {e} ({n})" for e, n in enumerate(nb201)]
     scores = json.loads((run / "split-scores.json").read_text())
     assert scores["criterion"] == "within" and len(scores["candidates"]) == 6
     assert scores["edge"] == min(scores["candidates"], key=lambda c: c["within"])["edge"]

@@ -1,5 +1,7 @@
 """DARTS-PT perturbation selection: finds the planted op that α misses, equals its naive evaluation, prunes node inputs
 in spaces that keep a fixed number of them, never touches the caller's supernet, and resumes after a kill."""
+import re
+
 import pytest
 import torch
 
@@ -18,9 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 FAST = {"tune_steps": 0, "valid_batches": 2}
 
 
-def test_perturbation_finds_the_planted_op_that_alpha_misses():
+def test_perturbation_finds_the_planted_op_that_alpha_misses(caplog):
     ctx = planted_context()
-    s = Perturbation(FAST).select(ctx)
+    with caplog.at_level("INFO", logger="archselect"):
+        s = Perturbation(FAST).select(ctx)
+    # edges as source->destination, accuracies in percent
+    assert any(r.getMessage().endswith(": cell 0->3 keeps nor_conv_3x3 (full accuracy 100.00%)") for r in caplog.records)
     assert s.architecture.cell("cell").op_on(0, 3) == "nor_conv_3x3"
     scores = torch.tensor(s.scores["cell"])
     assert scores[3, 3] > 0.3 and scores[3, 3] == scores.max()
@@ -105,12 +110,15 @@ class TwoInputNB201(NB201Space):
     inputs_per_node = 2
 
 
-def test_topology_runs_after_the_op_decisions():
+def test_topology_runs_after_the_op_decisions(caplog):
     ctx = planted_context()
     ctx.space = TwoInputNB201()
     events = decision_events(ctx.supernet, "random", 0, 2)
     assert [e[0][0] for e in events] == ["op"] * 6 + ["node"]
-    s = Perturbation(FAST).select(ctx)
+    with caplog.at_level("INFO", logger="archselect"):
+        s = Perturbation(FAST).select(ctx)
+    assert any(re.search(r"decision 7/7: cell node 3 keeps edges \d->3, 0->3$|decision 7/7: cell node 3 keeps edges "
+                         r"0->3, \d->3$", r.getMessage()) for r in caplog.records)
     kinds = [d["kind"] for d in s.details["decisions"]]
     assert kinds == ["op"] * 6 + ["node"]
     cell = s.architecture.cell("cell")

@@ -24,6 +24,16 @@ FORMAT_VERSION = 1
 EXTERNAL_SPACE = "external"  # the architectures of a user's own supernet (interop/external.py)
 
 
+def edge_name(src: int, dst: int) -> str:
+    """An edge as users read it, everywhere: source->destination node, '0->3'."""
+    return f"{src}->{dst}"
+
+
+def edge_label(index: int, src: int, dst: int) -> str:
+    """An edge where its index matters too (a config key such as split.edges takes indices): 'edge 3 (0->3)'."""
+    return f"edge {index} ({edge_name(src, dst)})"
+
+
 @dataclass(frozen=True)
 class Edge:
     src: int

@@ -10,7 +10,7 @@ import sys
 
 from . import logs, pipeline
 from .version import __version__
-from .arch import load_architecture, parse_index
+from .arch import edge_label, load_architecture, parse_index
 from .errors import UserError
 from .evaluate.benchmark import IMPORT_HINT, NB201Table, find_table, import_table
 from .evaluate.lookup import benchmark_metrics
@@ -240,7 +240,8 @@ def cmd_split(args) -> int:
     for c in record["candidates"]:
         mark = "*" if (c["cell_type"], c["edge"]) == (record["cell_type"], record["edge"]) else " "
         groups = " | ".join("{" + ", ".join(g) + "}" for g in c["groups"])
-        print(f"{mark} {c['cell_type']} edge {c['edge']:>2}: cut {c['cut']:.3f}  within {c['within']:.3f}  {groups}")
+        edge = edge_label(c["edge"], *c["nodes"])
+        print(f"{mark} {c['cell_type']} {edge + ':':<15} cut {c['cut']:.3f}  within {c['within']:.3f}  {groups}")
     print(f"* the edge split by the {record['criterion']} criterion; distances in "
           f"{pipeline.as_run(args.run).split_scores_file}")
     return 0
@@ -278,7 +279,8 @@ def cmd_benchmark(args) -> int:
     index = parse_index(spec)  # ASCII digits only (str.isdigit also takes '²', '٣')
     arch = table.arch_at(index) if index is not None else load_architecture(spec)
     for k, v in table.lookup(arch).items():
-        print(f"{k:>20}: {v}")
+        accuracy = k.endswith(("_valid", "_test")) and isinstance(v, float)  # the table's accuracies are percent
+        print(f"{k:>20}: {f'{v:.2f}%' if accuracy else v}")
     return 0
 
 

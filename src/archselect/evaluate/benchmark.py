@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .. import safe_pickle
+from .. import logs, safe_pickle
 from ..arch import NB201_OPS, Architecture, parse_nb201
 from ..errors import UserError
 from ..files import atomic_write_bytes
@@ -262,19 +262,9 @@ def import_table(src: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     src = Path(src).expanduser()
     if not src.exists():
         raise UserError(f"benchmark source {src} does not exist")
-    if src.is_dir():
-        data, version = _convert_nats_dir(src), src.name
-    elif src.suffix == ".pth":
-        data, version = _convert_release(_load_pth(src), src.name), src.stem
-    elif src.name.endswith(".pbz2"):
-        data, version = _convert_release(_load_pbz2(src), src.name), src.name.split(".")[0]
-    else:
-        try:
-            data = src.read_bytes()
-        except OSError as e:
-            raise UserError(f"cannot read {src}: {e.strerror or e}") from None
-        version = src.name
-    archs, _ = _parse_csv(data, str(src))  # never cache a table that would not load
+    with logs.heartbeat("benchmark import"):  # a release takes minutes to read and convert
+        data, version = _table_data(src)
+        archs, _ = _parse_csv(data, str(src))  # never cache a table that would not load
     dest_dir = cache_root(cache_dir) / "benchmarks"
     dest = dest_dir / TABLE_NAME
     sha = hashlib.sha256(data).hexdigest()
@@ -283,6 +273,20 @@ def import_table(src: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     atomic_write_bytes(dest, data)  # a file-system error is one line naming the file
     atomic_write_bytes(_sidecar(dest), (json.dumps(meta, indent=2) + "\n").encode())
     return dest
+
+
+def _table_data(src: Path) -> tuple[bytes, str]:
+    """The table CSV of `src` and the version it records."""
+    if src.is_dir():
+        return _convert_nats_dir(src), src.name
+    if src.suffix == ".pth":
+        return _convert_release(_load_pth(src), src.name), src.stem
+    if src.name.endswith(".pbz2"):
+        return _convert_release(_load_pbz2(src), src.name), src.name.split(".")[0]
+    try:
+        return src.read_bytes(), src.name
+    except OSError as e:
+        raise UserError(f"cannot read {src}: {e.strerror or e}") from None
 
 
 # -- official releases ------------------------------------------------------------------------------------------------
@@ -381,7 +385,7 @@ def _convert_release(release: Any, where: str) -> bytes:
     archs = _meta_archs(release, where)
     infos = _need(release, "arch2infos", where)
     rows = []
-    for i, arch in enumerate(archs):
+    for i, arch in enumerate(logs.track(archs, "benchmark import", unit="architecture")):
         key = str(i) if isinstance(infos, dict) and str(i) in infos else i  # the releases key by int
         hps = _need(infos, key, f"{where}: arch2infos")
         rows.append(_release_row(i, arch, hps, where))
@@ -410,7 +414,7 @@ def _convert_nats_dir(root: Path) -> bytes:
         raise UserError(f"{root} is not a NATS-Bench archive directory: it has no meta.pickle.pbz2")
     archs = _meta_archs(_load_pbz2(meta_path), str(meta_path))
     rows = []
-    for i, arch in enumerate(archs):
+    for i, arch in enumerate(logs.track(archs, "benchmark import", unit="architecture")):
         f = next((p for p in (root / f"{i:06d}.pickle.pbz2", root / f"{i}.pickle.pbz2") if p.is_file()), None)
         if f is None:
             raise UserError(f"{root}: missing {i:06d}.pickle.pbz2 (architecture {i} of {len(archs)})")

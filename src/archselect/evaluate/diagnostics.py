@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import logs
 from ..arch import Architecture
 from ..evaluate.correlation import kendall_tau, spearman
 
@@ -70,6 +71,7 @@ def loss_hvp(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> HVP:
     grads = torch.autograd.grad(loss, params, create_graph=True)
 
     def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        logs.tick()
         return [h.detach() for h in torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)]
     return hvp
 
@@ -90,7 +92,8 @@ def hessian_record(supernet, valid_loader, epoch: int, batches: int, iters: int,
     """The per-epoch metrics entry: `hessian_eig` on the first `batches` search-validation batches of the epoch."""
     start = time.perf_counter()
     data = [valid_loader.batch(epoch, k % len(valid_loader)) for k in range(batches)]
-    value = alpha_hessian_eigenvalue(supernet, data, iters, seed=seed + epoch)
+    with logs.Progress("α-Hessian eigenvalue", unit="Hessian-vector product"):
+        value = alpha_hessian_eigenvalue(supernet, data, iters, seed=seed + epoch)
     return {"hessian_eig": value, "hessian_seconds": time.perf_counter() - start}
 
 
@@ -126,7 +129,7 @@ def rank_correlation(supernet, loader, table, samples: int = 50, seed: int = 0, 
     model.train(bn == "train")
     column = table.metric_array(target)
     pairs = []
-    for index in sample_indices(len(table), samples, seed):
+    for index in logs.track(sample_indices(len(table), samples, seed), "rank correlation", unit="architecture"):
         if math.isnan(column[index]):
             continue
         acc = one_hot_accuracy(model, table.arch_at(index), loader, images)

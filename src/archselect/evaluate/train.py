@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from .. import logs
 from ..arch import Architecture
 from ..components import space_of, to_device
 from ..config import RunConfig, SpaceConfig, TrainConfig
@@ -147,9 +147,8 @@ class TrainRun:
         self.model.train()
         sums = {"train_loss": 0.0, "train_acc": 0.0}
         loader = self.data.train
-        bar = tqdm(loader.epoch(self.epoch), total=len(loader), desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)
-        for x, y in bar:
+        for x, y in logs.track(loader.epoch(self.epoch), f"epoch {self.epoch + 1}/{t.epochs}", len(loader),
+                               final=False):
             for k, v in self.train_step(x, y).items():
                 sums[k] += v
         lr = self.optimizer.param_groups[0]["lr"]
@@ -162,9 +161,10 @@ class TrainRun:
             record.update(test_loss=loss, test_acc=acc)
         record["seconds"] = time.perf_counter() - start
         self.run.append_metrics(record)
-        test = f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.4f}" if "test_acc" in record else ""
+        test = (f"  test loss {record['test_loss']:.3f} acc {logs.percent(record['test_acc'])}"
+                if "test_acc" in record else "")
         log.info(f"epoch {self.epoch + 1}/{t.epochs}  lr {lr:.4f}  train loss {record['train_loss']:.3f} "
-                 f"acc {record['train_acc']:.3f}{test}  {record['seconds']:.1f}s")
+                 f"acc {logs.percent(record['train_acc'])}{test}  {record['seconds']:.1f}s")
         self.epoch += 1
         self.save()
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import logs
+from ..arch import edge_label
 from ..supernet import Supernet
 
 METRICS = ("cos", "per-filter-cos", "mse")
@@ -189,6 +191,7 @@ def op_gradients(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, cell_type
         loss = F.cross_entropy(supernet(x, probe_weights(base, cell_type, edge, k, op_weight)), y)
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
         out.append([torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)])
+        logs.tick(1)
     return out
 
 
@@ -219,7 +222,8 @@ def measure(supernet: Supernet, edges: Sequence[tuple[str, int]], batches: Itera
     for ct, e in edges:
         ops = tuple(k for k, on in enumerate(supernet.mask(ct)[e].tolist()) if on)
         if len(ops) < 2:
-            raise ValueError(f"edge {e} of cell type {ct!r} has {len(ops)} enabled op(s); nothing to compare")
+            raise ValueError(f"{edge_label(e, *supernet.edges[ct][e])} of cell type {ct!r} has {len(ops)} enabled "
+                             f"op(s); nothing to compare")
         plan.append((ct, e, ops, [p for _, p in shared_parameters(supernet, ct, e, pmap)]))
     stats = [_RunningMean() for _ in plan]
     was_training = supernet.training

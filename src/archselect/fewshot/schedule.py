@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .. import logs
+from ..arch import edge_label
 from ..config import RunConfig, SplitConfig, build, check, to_dict
 from ..data.loader import derive_seed
 from ..environment import configure, seed_everything
@@ -119,7 +119,9 @@ def _candidates(supernet, s: Settings, level: int) -> list[tuple[str, int]]:
     if s.edges is not None:
         ct, e = s.cell_types[0], s.edges[level]
         if (ct, e) not in free:
-            raise UserError(f"split.edges[{level}] = {e}: edge {e} of cell type {ct!r} does not exist or is split "
+            edges = supernet.edges.get(ct, ())
+            where = edge_label(e, *edges[e]) if 0 <= e < len(edges) else f"edge {e}"
+            raise UserError(f"split.edges[{level}] = {e}: {where} of cell type {ct!r} does not exist or is split "
                             f"already")
         return [(ct, e)]
     if not free:
@@ -140,9 +142,10 @@ def decide_split(sn, train, epoch: int, s: Settings, level: int) -> dict[str, An
         ct, e = candidates[0]
         groups = [[k] for k in enabled_ops(sn, ct, e)]
     else:
-        batches = tqdm(cyclic_batches(train, epoch, s.batches), total=s.batches, leave=False,
-                       desc=f"gradient matching on {len(candidates)} edge(s)", disable=None, dynamic_ncols=True)
-        measured, cost = measure(sn, candidates, batches, s.distance, s.op_weight)
+        gradients = s.batches * sum(len(enabled_ops(sn, ct, e)) for ct, e in candidates)
+        with logs.Progress("gradient matching", gradients, "op gradient"):
+            measured, cost = measure(sn, candidates, cyclic_batches(train, epoch, s.batches), s.distance,
+                                     s.op_weight)
         parts = [best_partition(d.mean, s.groups, s.sizes) if s.method == "gm" else singletons(d.mean)
                  for d in measured]
         best = pick_edge(parts, criterion)
@@ -171,8 +174,8 @@ def advance(cfg: RunConfig, s: Settings, tree: Tree, node_id: str, device: torch
         search.train()
         if node["split"] is None:
             split = decide_split(search.supernet, search.data.train, search.epoch, s, node["level"])
-            log.info(f"split at epoch {split['epoch']}: {split['cell_type']} edge {split['edge']} "
-                     f"({split['nodes'][0]}->{split['nodes'][1]}) into "
+            log.info(f"split at epoch {split['epoch']}: {split['cell_type']} "
+                     f"{edge_label(split['edge'], *split['nodes'])} into "
                      + " | ".join("{" + ", ".join(g) + "}" for g in split["groups"]))
             tree.set_split(node_id, split, [child_id(node_id, g) for g in range(len(split["groups"]))])
     split, names = node["split"], search.supernet.op_names
@@ -316,4 +319,6 @@ def analyse(cfg: RunConfig, run: RunDir, device: torch.device) -> dict[str, Any]
     record = decide_split(ctx.supernet, ctx.train, len(run.read_metrics()), s, 0)
     record["settings"] = dataclasses.asdict(s)
     atomic_write_json(run.split_scores_file, record)
-    return record
+    edges = ctx.supernet.edges  # each candidate's nodes, for the printed table (the file names edges by index)
+    return {**record, "candidates": [{**c, "nodes": list(edges[c["cell_type"]][c["edge"]])}
+                                     for c in record["candidates"]]}

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from ..arch import edge_label
 from ..supernet import Supernet
 
 
@@ -28,7 +29,8 @@ def check_groups(supernet: Supernet, cell_type: str, edge: int, groups: Sequence
     if any(len(g) == 0 for g in groups) or len(groups) < 2:
         raise ValueError(f"a split needs at least two non-empty groups, got {[list(g) for g in groups]}")
     if sorted(flat) != list(enabled_ops(supernet, cell_type, edge)):
-        raise ValueError(f"groups {[list(g) for g in groups]} do not partition the ops enabled on edge {edge} "
+        raise ValueError(f"groups {[list(g) for g in groups]} do not partition the ops enabled on "
+                         f"{edge_label(edge, *supernet.edges[cell_type][edge])} "
                          f"({list(enabled_ops(supernet, cell_type, edge))})")
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..arch import edge_label
 from ..errors import UserError
+from ..logs import percent
 from ..files import atomic_write_json, read_json
 from ..runs import RunDir
 
@@ -116,10 +118,10 @@ def describe(run: RunDir) -> str:
         text = f"  {node_id:>8}: epochs {start}-{end}, {done}/{end - start} trained"
         if node["split"]:
             sp = node["split"]
-            text += (f"; split {sp['cell_type']} edge {sp['edge']} ({sp['nodes'][0]}->{sp['nodes'][1]}) into "
+            text += (f"; split {sp['cell_type']} {edge_label(sp['edge'], *sp['nodes'])} into "
                      + " | ".join("{" + ", ".join(g) + "}" for g in sp["groups"]))
         for name, sel in ((node["result"] or {}).get("selections") or {}).items():
-            text += f"\n{'':>12}{name}: {sel['architecture']}  search-valid acc {sel['valid_acc']:.3f}"
+            text += f"\n{'':>12}{name}: {sel['architecture']}  search-valid acc {percent(sel['valid_acc'])}"
         lines.append(text)
     if record["choice"]:
         first = next(iter(record["choice"]["per_selector"].items()))

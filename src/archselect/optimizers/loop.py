@@ -16,9 +16,8 @@ import time
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm import tqdm
 
-from .. import distributed
+from .. import distributed, logs
 from ..components import loaders, space_of, to_device
 from ..config import RunConfig
 from ..environment import rng_state, set_rng_state
@@ -187,22 +186,21 @@ class SearchRun:
         distributed.sync_module(self.supernet)  # every rank starts from rank 0's (fresh or restored) supernet
         while self.epoch < self.until:
             start_time = time.perf_counter() - self.meters.get("seconds", 0.0)
-            bar = tqdm(total=len(train), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                       leave=False, disable=None if distributed.is_main() else True, dynamic_ncols=True)
-            if self.step == 0:  # once per epoch, never again after a mid-epoch resume
-                self.epoch_start = self.optimizer.start_epoch(self.epoch, valid) or {}
-            for x, y in train.epoch(self.epoch, start=self.step):
-                v = valid.batch(self.epoch, self.step % len(valid))
-                out = self.optimizer.step((x, y), v, self.epoch)
-                _check_finite(out, self.supernet, self.epoch, self.step, self.run)
-                self._accumulate(out)
-                self.step += 1
-                bar.update(1)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < len(train):
-                    self.meters["seconds"] = time.perf_counter() - start_time
-                    self.save()
-            bar.close()
-            self._finish_epoch(time.perf_counter() - start_time)
+            with logs.Progress(f"epoch {self.epoch + 1}/{cfg.epochs}", len(train), done=self.step,
+                               final=False) as progress:
+                if self.step == 0:  # once per epoch, never again after a mid-epoch resume
+                    self.epoch_start = self.optimizer.start_epoch(self.epoch, valid) or {}
+                for x, y in train.epoch(self.epoch, start=self.step):
+                    v = valid.batch(self.epoch, self.step % len(valid))
+                    out = self.optimizer.step((x, y), v, self.epoch)
+                    _check_finite(out, self.supernet, self.epoch, self.step, self.run)
+                    self._accumulate(out)
+                    self.step += 1
+                    progress.update()
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < len(train):
+                        self.meters["seconds"] = time.perf_counter() - start_time
+                        self.save()
+                self._finish_epoch(time.perf_counter() - start_time)  # its evaluation's progress continues this one
 
     def _accumulate(self, out: dict[str, float]) -> None:
         for k, v in out.items():
@@ -232,8 +230,8 @@ class SearchRun:
         if distributed.is_main():
             log.info(f"epoch {self.epoch + 1}/{self.cfg.search.epochs}  lr {lr:.4f}  "
                      f"train loss {means.get('train_loss', float('nan')):.3f} "
-                     f"acc {means.get('train_acc', float('nan')):.3f}  valid loss {valid_loss:.3f} acc {valid_acc:.3f}"
-                     f"  {seconds:.1f}s")
+                     f"acc {logs.percent(means.get('train_acc', float('nan')))}  valid loss {valid_loss:.3f} "
+                     f"acc {logs.percent(valid_acc)}  {seconds:.1f}s")
         self.epoch, self.step, self.meters, self.epoch_start = self.epoch + 1, 0, {}, {}
         self.save()
 

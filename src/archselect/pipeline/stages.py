@@ -399,9 +399,10 @@ def report(run: str | Path | RunDir, engine: str = "auto") -> list[Path]:
     """Plots and one self-contained HTML page of a run (RUN/report/), or a bench's comparison page
     (BENCH/report/index.html); returns the files written, the page last."""
     path = run.path if isinstance(run, RunDir) else Path(run)
-    if is_bench(path):
-        return [html.write_bench_report(path, engine)]
-    return [*plots.plot_run(path, engine), html.write_run_report(path, engine)]
+    with logs.heartbeat("report"):
+        if is_bench(path):
+            return [html.write_bench_report(path, engine)]
+        return [*plots.plot_run(path, engine), html.write_run_report(path, engine)]
 
 
 def show(run: str | Path | RunDir) -> str:
@@ -421,8 +422,8 @@ def show(run: str | Path | RunDir) -> str:
         lines.append(describe(run) if cfg.split.method != "none" else f"epochs done: {len(metrics)}/{cfg.search.epochs}")
     if metrics:
         last = metrics[-1]
-        lines.append(f"last epoch: train acc {last.get('train_acc', float('nan')):.3f}, "
-                     f"search-valid acc {last.get('search_valid_acc', float('nan')):.3f}, "
+        lines.append(f"last epoch: train acc {logs.percent(last.get('train_acc', float('nan')))}, "
+                     f"search-valid acc {logs.percent(last.get('search_valid_acc', float('nan')))}, "
                      f"{sum(m.get('seconds', 0.0) for m in metrics):.0f}s in all")
     result = run.result
     if result is None and source:
@@ -436,7 +437,7 @@ def show(run: str | Path | RunDir) -> str:
     selections = _in_config_order(load_selections(run), cfg) if cfg.split.method == "none" else {}
     for name, sel in selections.items():
         bench = benchmark_metrics(sel.architecture, cfg.benchmark)
-        acc = f"  NB201 C10 test {bench['cifar10_test']:.2f}" if isinstance(bench.get("cifar10_test"), float) else ""
+        acc = f"  NB201 C10 test {bench['cifar10_test']:.2f}%" if isinstance(bench.get("cifar10_test"), float) else ""
         c = sel.cost
         lines.append(f"{name:>14}: {sel.architecture}{acc}  ({c.forward} forward, {c.backward} backward passes, "
                      f"{c.seconds:.1f}s)")
@@ -469,4 +470,4 @@ def benchmark_line(bench: dict[str, Any]) -> str:
     if "note" in bench:
         return f"benchmark: {bench['note']}"
     keys = ("cifar10_valid", "cifar10_test", "cifar100_test", "imagenet16_test")
-    return "NAS-Bench-201: " + "  ".join(f"{k} {bench[k]:.2f}" for k in keys if bench.get(k) is not None)
+    return "NAS-Bench-201: " + "  ".join(f"{k} {bench[k]:.2f}%" for k in keys if bench.get(k) is not None)

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import logs
 from ..config import check_rules
 from ..data import Loader
 from ..errors import UserError
@@ -187,6 +188,7 @@ class MaskedEvaluator:
                         acc[0] += int((part.argmax(1) == y).sum())
                         acc[1] += y.numel()
                         acc[2] += float(F.cross_entropy(part, y, reduction="sum"))
+                    logs.tick()  # a sign of life for whatever long loop evaluates
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..arch import Architecture
+from ..arch import Architecture, edge_name
 from ..config import build
 from ..errors import UserError
 from ..registry import Registry
@@ -112,7 +112,8 @@ class Selector(abc.ABC):
         ties = self.ties_matter and tied_edges(selection.scores, ctx.supernet, chooses_none)
         if ties:
             selection.details["tied_edges"] = ties
-            where = ", ".join(f"{ct} {edges}" for ct, edges in ties.items())
+            where = ", ".join(f"{ct} {edge_name(*ctx.supernet.edges[ct][e])}" for ct, edges in ties.items()
+                              for e in edges)
             log.info(f"  {self.name}: the best op ties on {sum(map(len, ties.values()))} edge(s) ({where}): the "
                      f"choice there is arbitrary")
         return selection

@@ -25,6 +25,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from .. import logs
 from ..errors import UserError
 from .base import Selection, Selector, as_lists, register
 
@@ -70,8 +71,10 @@ class Influence(Selector):
         model = scoring_copy(ctx.supernet, o.bn)
         batches = _take(ctx.valid.epoch(0), o.batches)
         probes = o.probes if o.hessian == "hutchinson" else None
-        theta, per_batch = derivatives(model, batches, o.weights, o.hvp_batch, probes=probes,
-                                       seed=ctx.seed)
+        n_hvp = probes or sum(int(m.sum()) for m in active_coordinates(model, o.weights).values())
+        n_batches = _batch_count(ctx.valid, o.batches)
+        with logs.Progress(self.name, n_batches and n_batches * n_hvp, "Hessian-vector product"):
+            theta, per_batch = derivatives(model, batches, o.weights, o.hvp_batch, probes=probes, seed=ctx.seed)
         if not per_batch:
             raise UserError("influence: the validation split yielded no batch")
         taylor = [taylor_terms(theta, g, h) for _, g, h in per_batch]
@@ -81,7 +84,6 @@ class Influence(Selector):
         masks = {ct: model.mask(ct) for ct in model.cell_types}
         selection = Selection(self.name, ctx.space.derive(score, masks), as_lists(score),
                               _stderr([combine(f, s, o.terms) for f, s in taylor], sizes))
-        n_hvp = probes or sum(int(m.sum()) for m in active_coordinates(model, o.weights).values())
         for n, _, _ in per_batch:
             selection.cost.count(n, backward=True)
             selection.cost.backward += n_hvp
@@ -166,6 +168,7 @@ def hessian_diagonal(grads: list[torch.Tensor], leaves: list[torch.Tensor], acti
         block = torch.cat([torch.zeros(len(part), t.numel(), dtype=flat.dtype, device=flat.device) if r is None
                            else r.detach().reshape(len(part), -1) for r, t in zip(rows, leaves)], dim=1)
         out[part] = block[range(len(part)), part]
+        logs.tick(len(part))
     return [h.view_as(t) for h, t in zip(out.split([t.numel() for t in leaves]), leaves)]
 
 
@@ -187,6 +190,7 @@ def hutchinson_diagonal(grads: list[torch.Tensor], leaves: list[torch.Tensor], a
             hz = torch.cat([torch.zeros(n, t.numel(), dtype=flat.dtype, device=flat.device) if r is None
                             else r.detach().reshape(n, -1) for r, t in zip(rows, leaves)], dim=1)
             total += (z * hz).sum(0)
+            logs.tick(n)
     out = total / probes
     return [h.view_as(t) for h, t in zip(out.split([t.numel() for t in leaves]), leaves)]
 
@@ -200,10 +204,9 @@ def derivatives(model, batches: Iterable, kind: str, hvp_batch: int = 1, probes:
     dtype = next(iter(theta.values())).dtype
     generator = torch.Generator().manual_seed(seed) if probes is not None else None
     out = []
-    for i, (x, y) in enumerate(batches):
+    for x, y in batches:
         g, h = batch_derivatives(model, theta, kind, x.to(dtype), y, active, hvp_batch, probes, generator)
         out.append((int(y.numel()), g, h))
-        log.info(f"  influence: batch {i + 1} done ({int(y.numel())} images)")
     return {ct: t.detach().clone() for ct, t in theta.items()}, out
 
 
@@ -233,6 +236,14 @@ def edge_scores(score: Tensors, masks: Tensors, op_names) -> dict[str, list[floa
         best = s.masked_fill(~m.to(s.device), float("-inf")).max(dim=1).values
         out[ct] = [float(v) if torch.isfinite(v) else None for v in best]
     return out
+
+
+def _batch_count(loader, n: int) -> int | None:
+    """How many batches `_take(loader.epoch(0), n)` yields (None: unknown)."""
+    size = len(loader) if hasattr(loader, "__len__") else None
+    if not n:
+        return size
+    return n if size is None else min(n, size)
 
 
 def _take(batches: Iterable, n: int) -> Iterable:

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import logs
+from ..arch import edge_name
 from ..config import SearchConfig, check_rules
 from ..data import derive_seed
 from ..environment import rng_state, set_rng_state
@@ -102,6 +104,7 @@ class FineTuner:
                 self._alpha_step(self._batch(self.valid), cost)
             self._weight_step(self._batch(self.train), cost)
             self.step += 1
+            logs.tick()
 
     def _batch(self, loader):
         return loader.batch(*divmod(self.step, len(loader)))
@@ -195,7 +198,7 @@ def decide_op(supernet: Supernet, evaluate, cell_type: str, edge: int, crit: str
     decided[edge, chosen] = True
     supernet.set_mask(cell_type, decided)
     src, dst = supernet.edges[cell_type][edge]
-    return {"kind": "op", "cell_type": cell_type, "edge": edge, "edge_name": f"{src}->{dst}",
+    return {"kind": "op", "cell_type": cell_type, "edge": edge, "edge_name": edge_name(src, dst),
             "op": supernet.op_names[chosen], "full_accuracy": full.accuracy, "full_loss": full.loss,
             "accuracy": accuracy, "loss": loss, "scores": scores}
 
@@ -235,17 +238,19 @@ class Perturbation(Selector):
         # the candidates of each decision are scored on `net` as it is then, here or split over ctx.workers; the
         # fine-tuning between decisions stays in this process
         evaluate = Candidates(ctx.workers, ctx.space, net, batches, o, cost)
-        for i in range(done, len(events)):
-            if i > 0:
-                tuner.run(per_event, cost)
-            for kind, ct, where in events[i]:
-                record = (decide_op(net, evaluate, ct, where, o.crit, keep_none=not keep) if kind == "op"
-                          else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, o.crit)})
-                if record is not None:
-                    records.append(record)
-                    log.info(f"  decision {i + 1}/{len(events)}: {_describe(record)}")
-            progress.save(i + 1, {"supernet": net.state_dict(), "tuner": tuner.state_dict(), "rng": rng_state(),
-                                  "cost": vars(cost), "records": records, "done": i + 1})
+        with logs.Progress(self.name, len(events), "decision", done=done) as decisions:
+            for i in range(done, len(events)):
+                if i > 0:
+                    tuner.run(per_event, cost)
+                for kind, ct, where in events[i]:
+                    record = (decide_op(net, evaluate, ct, where, o.crit, keep_none=not keep) if kind == "op"
+                              else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, o.crit)})
+                    if record is not None:
+                        records.append(record)
+                        log.info(f"  decision {i + 1}/{len(events)}: {_describe(record, net.edges)}")
+                progress.save(i + 1, {"supernet": net.state_dict(), "tuner": tuner.state_dict(), "rng": rng_state(),
+                                      "cost": vars(cost), "records": records, "done": i + 1})
+                decisions.update()
         progress.clear()
         return self._selection(ctx, net, records, cost, alpha, per_event, done)
 
@@ -265,7 +270,8 @@ class Perturbation(Selector):
         return Selection(self.name, arch, as_lists(scores), None, cost, details)
 
 
-def _describe(r: dict[str, Any]) -> str:
+def _describe(r: dict[str, Any], edges: dict[str, list[tuple[int, int]]]) -> str:
     if r["kind"] == "op":
-        return f"{r['cell_type']} edge {r['edge_name']} -> {r['op']} (full accuracy {r['full_accuracy']:.3f})"
-    return f"{r['cell_type']} node {r['node']} keeps edges {r['kept']}"
+        return f"{r['cell_type']} {r['edge_name']} keeps {r['op']} (full accuracy {logs.percent(r['full_accuracy'])})"
+    kept = ", ".join(edge_name(*edges[r["cell_type"]][e]) for e in r["kept"])
+    return f"{r['cell_type']} node {r['node']} keeps edges {kept}"

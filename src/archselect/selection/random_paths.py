@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import logs
 from ..config import check_rules
 from ..data import derive_seed
 from ..scoring.cost import Cost
@@ -56,9 +57,9 @@ class RandomPaths(Selector):
         cost = Cost()
         evaluate = opts.make_evaluator(net, take_batches(ctx.valid, opts.valid_batches), cost)
         paths = list(self._distinct_paths(ctx))
-        tried = [(o.accuracy, o.loss, w) for o, w in zip(evaluate.many(paths), paths)]  # (accuracy, loss, weights)
-        log.info(f"  random-paths: {len(tried)} distinct paths, accuracy {min(t[0] for t in tried):.3f} to "
-                f"{max(t[0] for t in tried):.3f}")
+        tried = [(o.accuracy, o.loss, w) for o, w in zip(self._evaluate(evaluate, paths), paths)]
+        log.info(f"  random-paths: {len(tried)} distinct paths, accuracy {logs.percent(min(t[0] for t in tried))} "
+                 f"to {logs.percent(max(t[0] for t in tried))}")
         best = max(range(len(tried)), key=lambda i: (tried[i][0], -tried[i][1], -i))  # ties: lower loss, then first
         masks = {ct: net.mask(ct) for ct in net.cell_types}
         arch = ctx.space.derive(tried[best][2], masks)
@@ -66,6 +67,17 @@ class RandomPaths(Selector):
         return Selection(self.name, arch, scores, cost=cost,
                          details={"paths": len(tried), "best_accuracy": tried[best][0], "best_loss": tried[best][1],
                                   "counts": counts})
+
+    @staticmethod
+    def _evaluate(evaluate, paths: list) -> list:
+        """Outcomes of `paths`, a few stacks at a time so that progress (and its ETA) shows; the same outcomes."""
+        chunk = 4 * max(evaluate.stack, 1)
+        with logs.Progress("random-paths", len(paths), "path") as progress:
+            out = []
+            for i in range(0, len(paths), chunk):
+                out += evaluate.many(paths[i:i + chunk])
+                progress.update(len(paths[i:i + chunk]))
+        return out
 
     def _distinct_paths(self, ctx):
         """Up to `samples` distinct paths, drawn from a generator seeded by the run's seed (the global one is left

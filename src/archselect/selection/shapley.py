@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import torch
 
+from .. import logs
 from ..environment import rng_state, set_rng_state
 from ..scoring.cost import Cost
 from ..scoring.shapley import Permutation, ShapleyOptions, batch_source, estimate, rows_wanted
@@ -41,14 +42,16 @@ class ShapleySelector(Selector):
             log.info(f"  resuming {self.name} after {len(done)} of {rows_wanted(o)} {unit}s")
 
         def checkpoint(rows: list[Permutation]) -> None:
-            log.info(f"  {unit} {len(rows)}/{rows_wanted(o)}: full accuracy {rows[-1].full:.3f}, "
-                    f"{rows[-1].removed} {'coalitions' if o.estimator == 'kernel' else 'players removed'}")
+            log.info(f"  {unit} {len(rows)}/{rows_wanted(o)}: full accuracy {logs.percent(rows[-1].full)}, "
+                     f"{rows[-1].removed} {'coalitions' if o.estimator == 'kernel' else 'players removed'}")
             contributions = torch.tensor([r.contributions for r in rows], dtype=torch.float64)
             progress.save(len(rows), {"contributions": contributions, "full": [r.full for r in rows],
                                       "removed": [r.removed for r in rows], "cost": vars(cost), "rng": rng_state()})
+            permutations.update(len(rows) - permutations.count)
 
-        est = estimate(net, batch_source(ctx.valid, o, ctx.seed), o, ctx.seed, cost, done, checkpoint, ctx.workers,
-                       ctx.space)
+        with logs.Progress(self.name, rows_wanted(o), unit, done=len(done)) as permutations:
+            est = estimate(net, batch_source(ctx.valid, o, ctx.seed), o, ctx.seed, cost, done, checkpoint,
+                           ctx.workers, ctx.space)
         progress.clear()
         scores = est.matrices(net, est.values(o.estimate))
         stderr = est.stderr()
