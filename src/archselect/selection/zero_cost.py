@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import logs
 from ..config import check_rules
 from ..scoring.cost import Cost
 from ..scoring.evaluator import bn_mode, check_bn_mode, rebatch, take_batches
@@ -107,7 +108,7 @@ class ZeroCost(Selector):
         events = decision_events(net, o.edge_order, ctx.seed, keep)
         masks = {ct: net.mask(ct).clone() for ct in net.cell_types}
         records = []
-        for event in events:
+        for event in logs.track(events, self.name, unit="decision"):
             for kind, ct, where in event:
                 record = (decide_op(net, evaluate, ct, where, "acc", keep_none=not keep) if kind == "op"
                           else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, "acc")})
