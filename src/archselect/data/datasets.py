@@ -13,6 +13,7 @@ from .digits import load_digits
 from .imagenet16 import load_imagenet16
 from .imageset import ImageSet
 from .mnist import FASHION_MNIST, MNIST, load_idx_dataset
+from .svhn import load_svhn
 
 SPLITS = ("train", "test")
 
@@ -23,6 +24,7 @@ _LOADERS.register("cifar10")(partial(load_cifar, CIFAR10))
 _LOADERS.register("cifar100")(partial(load_cifar, CIFAR100))
 _LOADERS.register("imagenet16-120")(load_imagenet16)
 _LOADERS.register("digits")(load_digits)
+_LOADERS.register("svhn")(load_svhn)
 
 DATASETS: tuple[str, ...] = tuple(_LOADERS.names())
 
