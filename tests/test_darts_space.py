@@ -405,3 +405,29 @@ def test_cli_darts_search(tmp_path, capsys):
     text = json.loads((run / "result.json").read_text())["architecture"]["text"]
     assert text.startswith("Genotype(normal=[") and text in out
     assert parse_genotype(text).space == "darts"
+
+
+def test_rdarts_s1_has_two_ops_per_edge_and_derives_from_them(tmp_path):
+    """darts-s1: each edge of each cell type offers R-DARTS' pair of ops alone (masks over the 7 ops); a search derives
+    a genotype from those pairs only."""
+    from archselect.spaces.darts import S1_EDGE_OPS
+
+    space = SPACES.get("darts-s1")(C=4, N=3, in_channels=1, num_classes=4)
+    net = space.supernet()
+    for ct, pairs in S1_EDGE_OPS.items():
+        enabled = [{space.op_names[k] for k in row.nonzero().flatten().tolist()} for row in net.mask(ct)]
+        assert enabled == [set(p) for p in pairs]
+        w = net.mixing_weights(detach=True)[ct]
+        assert torch.allclose(w.sum(1), torch.ones(len(pairs))) and (w[~net.mask(ct)] == 0).all()
+    arch = space.derive({ct: torch.randn(14, 7) for ct in S1_EDGE_OPS}, {ct: net.mask(ct) for ct in S1_EDGE_OPS})
+    for ct in S1_EDGE_OPS:
+        for e in arch.cell(ct).edges:
+            assert e.op in S1_EDGE_OPS[ct][EDGES.index((e.src, e.dst))]
+    data = tiny_idx_dir(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["search", "--out", str(out), "space.name=darts-s1", "space.C=4", "space.N=3", "search.epochs=1",
+                 "data.batch_size=32", f"data.data_dir={data}", "threads=1"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    derived = Architecture.from_dict(result["architecture"])
+    for ct in S1_EDGE_OPS:
+        assert all(e.op in S1_EDGE_OPS[ct][EDGES.index((e.src, e.dst))] for e in derived.cell(ct).edges)

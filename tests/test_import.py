@@ -12,7 +12,8 @@ import archselect as asel
 from archselect.cli import main
 from archselect.errors import UserError
 from archselect.interop import checkpoints, official
-from archselect.interop.official import DARTS_PT_SPACES, _S1
+from archselect.interop.official import DARTS_PT_SPACES
+from archselect.spaces.darts import S1_EDGE_OPS
 from archselect.genotype import SPACE_OPS
 from archselect.runs import RunDir
 
@@ -107,11 +108,11 @@ def test_darts_pt_darts_spaces(tmp_path, float64, space):
     model = randomise(TinyDarts(primitives, C=4, layers=5))
     imp, net = imported_supernet("darts-pt-darts", save_darts(tmp_path / "c.pth", model), search_space=space)
     assert imp.space == target
-    if space == "s1":  # two ops per edge, as masks on darts-7
+    if space == "s1":  # two ops per edge, as masks on the 7 ops
         assert net.mask("normal").sum(1).tolist() == [2] * 14
-        ops = SPACE_OPS["darts-7"]
+        ops = SPACE_OPS["darts-s1"]
         assert [ops[k] for k in net.mask("reduce")[1].nonzero().flatten().tolist()] == sorted(
-            _S1["reduce"][1], key=ops.index)
+            S1_EDGE_OPS["reduce"][1], key=ops.index)
 
     def official_weights(w):  # the mixing weights over each edge's own ops, in its own column order
         if per_edge is None:

@@ -59,3 +59,27 @@ def test_bad_files_are_one_line(tmp_path):
                                                           "y": np.array([[0], [11]])})
     with pytest.raises(UserError, match="labels must be 1..10"):
         load_dataset("svhn", "train", data_dir=tmp_path / "d")
+
+
+def test_rdarts_s1_svhn_config_runs_search_select_and_train(tmp_path):
+    """configs/rdarts-s1-svhn.yaml end to end at a tiny size: the darts-s1 space on SVHN files in the real format,
+    DARTS-PT's selection, retraining the selected cell."""
+    from archselect.cli import main
+
+    (tmp_path / "data").mkdir()
+    write_svhn(tmp_path / "data" / "train_32x32.mat", n=48)
+    write_svhn(tmp_path / "data" / "test_32x32.mat", n=8, seed=1)
+    tiny = [f"data.data_dir={tmp_path / 'data'}", "data.download=false", "data.batch_size=12", "data.image_size=16",
+            "space.C=4", "space.N=3", "search.epochs=1", "threads=1", "seed=0",
+            "select.options.perturbation.tune_epochs=0", "select.options.perturbation.valid_batches=1"]
+    config = str(svhn_config())
+    assert main(["search", "--config", config, "--out", str(tmp_path / "run"), *tiny]) == 0
+    assert main(["train", str(tmp_path / "run" / "selections" / "perturbation.json"), "--config", config,
+                 "--out", str(tmp_path / "train"), *tiny, "train.C=4", "train.N=3", "train.epochs=1",
+                 "train.batch_size=8", "train.auxiliary_weight=0"]) == 0
+    assert (tmp_path / "train" / "result.json").is_file()
+
+
+def svhn_config():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1] / "configs" / "rdarts-s1-svhn.yaml"

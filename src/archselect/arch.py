@@ -192,7 +192,7 @@ def validate(arch: Architecture) -> None:
         if len(arch.cell("cell").edges) != 6:
             raise UserError("a nb201 architecture has exactly 6 edges")
         return
-    if arch.space == DARTS_SPACE:  # every DARTS-family space (darts, darts-7, darts-s2..s4) writes "darts" cells
+    if arch.space == DARTS_SPACE:  # every DARTS-family space (darts, darts-7, darts-s1..s4) writes "darts" cells
         validate_darts(arch)
         return
     if arch.space == EXTERNAL_SPACE:  # a supernet of the user's own (interop/external.py): no rules to check

@@ -28,7 +28,7 @@ class SpaceConfig:
     bn_affine: bool = False      # affine BN inside candidate ops (the papers' supernets: False)
     bn_track: bool = True        # running statistics in candidate-op BN
     alpha_init_std: float = 1e-3
-    # DARTS-family spaces only (darts, darts-7, darts-s2, darts-s3, darts-s4):
+    # DARTS-family spaces only (darts, darts-7, darts-s1, darts-s2, darts-s3, darts-s4):
     stem_multiplier: int = 3     # stem conv output = stem_multiplier * C channels (DARTS: 3)
     partial_channels: int = 1    # PC-DARTS K: 1/K of each edge's channels go through its ops (Shapley-NAS: 4; 1 = off)
     edge_norm: bool = False      # PC-DARTS edge normalisation: a learned β per edge, softmax over a node's inputs

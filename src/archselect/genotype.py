@@ -35,6 +35,7 @@ DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
 SPACE_OPS = {
     "darts": DARTS_OPS,
     "darts-7": DARTS_OPS[1:],
+    "darts-s1": DARTS_OPS[1:],  # two of them per edge (spaces/darts.py: S1_EDGE_OPS)
     "darts-s2": ("skip_connect", "sep_conv_3x3"),
     "darts-s3": ("none", "skip_connect", "sep_conv_3x3"),
     "darts-s4": ("noise", "sep_conv_3x3"),

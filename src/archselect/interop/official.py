@@ -10,7 +10,7 @@ archselect space (which computes the same function on the same weights), the spa
                      a GM-NAS sub-supernet's `enc` (the ops it keeps) becomes the mask
     darts            original DARTS `model_search.py` (8 ops with `none`, or 7 without) and the many repos reusing it
     darts-pt-darts   DARTS-PT's DARTS-space supernet, spaces s1-s5 (option search_space, default s5: DARTS without
-                     `none`); s1 has its own two ops per edge (R-DARTS), imported as darts-7 with the other ops masked
+                     `none`); s1 has its own two ops per edge (R-DARTS): archselect's darts-s1 (masks on the 7 ops)
                      stem.*, classifier.*                       -> body.<same>
                      cells.i.preprocess{0,1}.op.{1,2}.X         -> body.cells.i.pre{0,1}.{conv,bn}.X
                      cells.i.preprocess0.{conv_1,conv_2,bn}.X   -> body.cells.i.pre0.<same>.X   (FactorizedReduce)
@@ -29,6 +29,7 @@ import torch
 from ..arch import NB201_OPS
 from ..errors import UserError
 from ..genotype import EDGES as DARTS_EDGES, SPACE_OPS
+from ..spaces.darts import S1_EDGE_OPS
 from ..spaces.nb201 import EDGES as NB201_EDGES
 from .checkpoints import alphas_of, state_dict_of
 
@@ -147,21 +148,8 @@ _OP_PARTS = {
     "dil_conv": {"op.1": "dw", "op.2": "pw", "op.3": "bn"},
 }
 
-# R-DARTS space S1 as DARTS-PT defines it: the two candidate ops of each edge (edges in DARTS order).
-_S1 = {
-    "normal": [("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5"),
-               ("skip_connect", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"), ("max_pool_3x3", "skip_connect"),
-               ("skip_connect", "sep_conv_3x3"), ("skip_connect", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"),
-               ("skip_connect", "sep_conv_3x3"), ("max_pool_3x3", "skip_connect"), ("skip_connect", "dil_conv_3x3"),
-               ("dil_conv_3x3", "dil_conv_5x5"), ("dil_conv_3x3", "dil_conv_5x5")],
-    "reduce": [("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "dil_conv_3x3"), ("max_pool_3x3", "avg_pool_3x3"),
-               ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3"),
-               ("max_pool_3x3", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"),
-               ("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"),
-               ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5")],
-}
 # DARTS-PT's --search_space -> (archselect space, per-edge op lists or None for the space's ops on every edge)
-DARTS_PT_SPACES = {"s1": ("darts-7", _S1), "s2": ("darts-s2", None), "s3": ("darts-s3", None),
+DARTS_PT_SPACES = {"s1": ("darts-s1", S1_EDGE_OPS), "s2": ("darts-s2", None), "s3": ("darts-s3", None),
                    "s4": ("darts-s4", None), "s5": ("darts-7", None)}
 
 _DARTS_RULES: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [

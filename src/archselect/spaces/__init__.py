@@ -6,7 +6,7 @@ from .nb201 import NB201Space
 
 SPACES: Registry = Registry("search space")
 SPACES.register("nb201")(NB201Space)
-for _space in DARTS_SPACES:  # darts, darts-7, darts-s2, darts-s3, darts-s4
+for _space in DARTS_SPACES:  # darts, darts-7, darts-s1 .. darts-s4
     SPACES.register(_space.name)(_space)
 
 

@@ -410,6 +410,36 @@ class Darts7Space(DARTSSpace):
     op_names = SPACE_OPS["darts-7"]
 
 
+# R-DARTS space S1 (Zela et al., ICLR 2020) as DARTS-PT defines it: the two candidate ops of each edge, per cell
+# type, in DARTS edge order.
+S1_EDGE_OPS = {
+    "normal": [("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5"),
+               ("skip_connect", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"), ("max_pool_3x3", "skip_connect"),
+               ("skip_connect", "sep_conv_3x3"), ("skip_connect", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"),
+               ("skip_connect", "sep_conv_3x3"), ("max_pool_3x3", "skip_connect"), ("skip_connect", "dil_conv_3x3"),
+               ("dil_conv_3x3", "dil_conv_5x5"), ("dil_conv_3x3", "dil_conv_5x5")],
+    "reduce": [("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "dil_conv_3x3"), ("max_pool_3x3", "avg_pool_3x3"),
+               ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3"),
+               ("max_pool_3x3", "sep_conv_3x3"), ("skip_connect", "dil_conv_3x3"), ("skip_connect", "dil_conv_5x5"),
+               ("max_pool_3x3", "avg_pool_3x3"), ("max_pool_3x3", "avg_pool_3x3"), ("skip_connect", "dil_conv_5x5"),
+               ("skip_connect", "dil_conv_5x5"), ("skip_connect", "dil_conv_5x5")],
+}
+
+
+@dataclass
+class DartsS1Space(DARTSSpace):
+    """R-DARTS S1: two ops per edge, a different pair per edge and cell type (S1_EDGE_OPS), as masks over the 7 DARTS
+    ops: the other ops' modules exist but are never computed, and their α weigh 0."""
+    name = "darts-s1"
+    op_names = SPACE_OPS["darts-s1"]
+
+    def supernet(self) -> DARTSSupernet:
+        net = super().supernet()
+        for ct, pairs in S1_EDGE_OPS.items():
+            net.set_mask(ct, torch.tensor([[op in pair for op in self.op_names] for pair in pairs]))
+        return net
+
+
 @dataclass
 class DartsS2Space(DARTSSpace):
     """R-DARTS S2: skip_connect and sep_conv_3x3 on every edge."""
@@ -431,4 +461,4 @@ class DartsS4Space(DARTSSpace):
     op_names = SPACE_OPS["darts-s4"]
 
 
-DARTS_SPACES = (DARTSSpace, Darts7Space, DartsS2Space, DartsS3Space, DartsS4Space)
+DARTS_SPACES = (DARTSSpace, Darts7Space, DartsS1Space, DartsS2Space, DartsS3Space, DartsS4Space)
