@@ -405,7 +405,8 @@ LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.ima
           "data.cutout": 1024, "search.epochs": 100_000, "threads": 1024, "train.C": 1024, "train.N": 64,
           "train.epochs": 100_000, "train.batch_size": 65536, "train.subset": 100_000_000, "train.cutout": 1024,
           "train.eval_every": 100_000, "search.checkpoint_every": 10 ** 9, "search.hessian_batches": 10_000,
-          "search.hessian_iters": 10_000, "split.batches": 100_000, "split.groups": 64, "select.workers": 4096, "data.workers": 1024, "train.lr_step": 100_000}
+          "search.hessian_iters": 10_000, "split.batches": 100_000, "split.groups": 64, "select.workers": 4096,
+          "data.workers": 1024, "train.lr_step": 100_000}
 MAX_ACTIVATION_BYTES = 256 << 30  # a rough upper estimate of one search step's activations
 
 
@@ -493,7 +494,8 @@ def check_train(cfg: RunConfig) -> None:
         (t.epochs >= 0, "train.epochs must be >= 0"),
         (t.batch_size > 0, "train.batch_size must be > 0"),
         (t.lr > 0 and t.lr_min >= 0, "train.lr must be > 0 and train.lr_min >= 0"),
-        (t.lr_schedule in LR_SCHEDULES, f"train.lr_schedule {t.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"),
+        (t.lr_schedule in LR_SCHEDULES,
+         f"train.lr_schedule {t.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"),
         (0 < t.lr_gamma <= 1 and t.lr_step >= 1, "train.lr_gamma must lie in (0, 1] and train.lr_step be >= 1"),
         (t.grad_clip >= 0 and t.auxiliary_weight >= 0 and t.cutout >= 0 and t.eval_every >= 0,
          "train.grad_clip, train.auxiliary_weight, train.cutout and train.eval_every must be >= 0"),
