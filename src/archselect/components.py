@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, SpaceConfig
-from .data import Loader, load_dataset, search_split
+from .data import ImageSet, Loader, load_dataset, search_split
 from .errors import UserError
 from .spaces import SPACES
 
@@ -27,6 +27,9 @@ class SearchData:
 def search_data(cfg: RunConfig) -> tuple[Any, Any]:
     d = cfg.data
     full = load_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download)
+    if not isinstance(full, ImageSet):  # a search reads its split into memory
+        raise UserError(f"data.dataset={d.dataset} is for retraining only (archselect train); search on a dataset "
+                        f"held in memory (e.g. cifar10) and transfer the architecture")
     return search_split(full, cfg.seed, subset=d.subset, portion=d.portion)
 
 

@@ -46,9 +46,11 @@ class DataConfig:
     portion: float = 0.5         # share of the (subset of the) train set that trains the weights
     batch_size: int = 64
     eval_batch_size: int = 256
-    image_size: int | None = None  # resize once at load time; None keeps the dataset's size
+    image_size: int | None = None  # resize once at load time; None keeps the dataset's size (folder datasets such
+                                   # as imagenet: the crop size, None = 224)
     augment: bool = True
     cutout: int = 0
+    workers: int = 4             # folder datasets (imagenet): processes decoding JPEGs, 0 = in the main process
 
 
 @dataclass
@@ -114,6 +116,10 @@ class TrainConfig:
     batch_size: int = 256        # DARTS: 96
     lr: float = 0.1              # DARTS: 0.025; cosine schedule over the epochs
     lr_min: float = 0.0          # the cosine schedule's floor (both protocols: 0)
+    lr_schedule: str = "cosine"  # cosine (to lr_min over the epochs) | step (x lr_gamma every lr_step epochs:
+                                 # DARTS' ImageNet protocol, 0.97 every epoch)
+    lr_gamma: float = 0.97       # step schedule only
+    lr_step: int = 1             # step schedule only
     momentum: float = 0.9
     weight_decay: float = 5e-4   # DARTS: 3e-4
     nesterov: bool = True        # DARTS: false
@@ -124,6 +130,8 @@ class TrainConfig:
                                  # and Shapley-NAS' code: 0.3; darts space only)
     augment: bool = True         # pad-crop, plus flips where the dataset allows them
     cutout: int = 0              # cutout side in pixels, 0 = off (DARTS: 16)
+    color_jitter: bool = False   # folder datasets: DARTS' ImageNet ColorJitter (brightness, contrast, saturation 0.4,
+                                 # hue 0.2) after the random-resized crop and flip
     subset: int | None = None    # train on this many train images (seeded draw); None: the whole train split
     eval_every: int = 1          # test-set evaluation every this many epochs (0: after the last only)
     channels_last: bool = True
@@ -368,6 +376,7 @@ def check(cfg: RunConfig) -> None:
         (cfg.data.eval_batch_size > 0, "data.eval_batch_size must be > 0"),
         (0.0 < cfg.data.portion < 1.0, "data.portion must be between 0 and 1"),
         (cfg.data.subset is None or cfg.data.subset > 1, "data.subset must be at least 2"),
+        (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.space.C > 0 and cfg.space.N > 0, "space.C and space.N must be positive"),
         (cfg.space.stem_multiplier > 0, "space.stem_multiplier must be positive"),
         (cfg.space.partial_channels > 0 and cfg.space.C % cfg.space.partial_channels == 0,
@@ -396,7 +405,8 @@ LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.ima
           "data.cutout": 1024, "search.epochs": 100_000, "threads": 1024, "train.C": 1024, "train.N": 64,
           "train.epochs": 100_000, "train.batch_size": 65536, "train.subset": 100_000_000, "train.cutout": 1024,
           "train.eval_every": 100_000, "search.checkpoint_every": 10 ** 9, "search.hessian_batches": 10_000,
-          "search.hessian_iters": 10_000, "split.batches": 100_000, "split.groups": 64, "select.workers": 4096}
+          "search.hessian_iters": 10_000, "split.batches": 100_000, "split.groups": 64, "select.workers": 4096,
+          "data.workers": 1024, "train.lr_step": 100_000}
 MAX_ACTIVATION_BYTES = 256 << 30  # a rough upper estimate of one search step's activations
 
 
@@ -474,6 +484,9 @@ def check_split(cfg: RunConfig) -> None:
             raise UserError(message)
 
 
+LR_SCHEDULES = ("cosine", "step")
+
+
 def check_train(cfg: RunConfig) -> None:
     t = cfg.train
     rules = [
@@ -481,6 +494,9 @@ def check_train(cfg: RunConfig) -> None:
         (t.epochs >= 0, "train.epochs must be >= 0"),
         (t.batch_size > 0, "train.batch_size must be > 0"),
         (t.lr > 0 and t.lr_min >= 0, "train.lr must be > 0 and train.lr_min >= 0"),
+        (t.lr_schedule in LR_SCHEDULES,
+         f"train.lr_schedule {t.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"),
+        (0 < t.lr_gamma <= 1 and t.lr_step >= 1, "train.lr_gamma must lie in (0, 1] and train.lr_step be >= 1"),
         (t.grad_clip >= 0 and t.auxiliary_weight >= 0 and t.cutout >= 0 and t.eval_every >= 0,
          "train.grad_clip, train.auxiliary_weight, train.cutout and train.eval_every must be >= 0"),
         (0.0 <= t.drop_path < 1.0, "train.drop_path must lie in [0, 1)"),
@@ -508,7 +524,8 @@ def dump_yaml(cfg: RunConfig) -> str:
 # them after the checkpoint is loaded (SearchOptimizer.apply_hyperparameters), the selection runs after the search,
 # and the rest only say where and how to run. Anything else (space.*, data.subset, seed, search.optimizer, ...) is
 # fixed by the checkpoint; changing it on --resume is refused rather than recorded without effect.
-ENVIRONMENT_KEYS = ("device", "threads", "benchmark", "data.data_dir", "data.download", "logging.tensorboard")
+ENVIRONMENT_KEYS = ("device", "threads", "benchmark", "data.data_dir", "data.download", "data.workers",
+                    "logging.tensorboard")
 SEARCH_RESUMABLE = (*ENVIRONMENT_KEYS, "search.w_lr", "search.w_lr_min", "search.w_momentum", "search.w_weight_decay",
                     "search.w_nesterov", "search.grad_clip", "search.a_lr", "search.a_beta1", "search.a_beta2",
                     "search.a_weight_decay", "search.checkpoint_every", "search.hessian_eig", "search.hessian_batches",

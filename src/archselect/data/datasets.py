@@ -10,6 +10,7 @@ from ..errors import UserError
 from ..registry import Registry
 from .cifar import CIFAR10, CIFAR100, load_cifar
 from .digits import load_digits
+from .imagefolder import ImageFolder, load_imagenet
 from .imagenet16 import load_imagenet16
 from .imageset import ImageSet
 from .mnist import FASHION_MNIST, MNIST, load_idx_dataset
@@ -17,7 +18,7 @@ from .svhn import load_svhn
 
 SPLITS = ("train", "test")
 
-_LOADERS: Registry[Callable[..., ImageSet]] = Registry("dataset")
+_LOADERS: Registry[Callable[..., ImageSet | ImageFolder]] = Registry("dataset")
 _LOADERS.register("fashion-mnist")(partial(load_idx_dataset, FASHION_MNIST))
 _LOADERS.register("mnist")(partial(load_idx_dataset, MNIST))
 _LOADERS.register("cifar10")(partial(load_cifar, CIFAR10))
@@ -25,13 +26,15 @@ _LOADERS.register("cifar100")(partial(load_cifar, CIFAR100))
 _LOADERS.register("imagenet16-120")(load_imagenet16)
 _LOADERS.register("digits")(load_digits)
 _LOADERS.register("svhn")(load_svhn)
+_LOADERS.register("imagenet")(load_imagenet)  # listed, not loaded: an ImageFolder for FolderLoader
 
 DATASETS: tuple[str, ...] = tuple(_LOADERS.names())
 
 
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None,
-                 download: bool = False) -> ImageSet:
-    """Load a whole split into memory. 'test' is the official test set (ImageNet16: its val_data file);
+                 download: bool = False) -> ImageSet | ImageFolder:
+    """Load a whole split into memory (ImageNet: list its files). 'test' is the official test set (ImageNet16: its
+    val_data file, ImageNet: val/);
     search-time validation data comes from ``search_split`` of 'train', never from 'test'."""
     loader = _LOADERS.get(name)
     if split not in SPLITS:

@@ -10,6 +10,10 @@ Nesterov lr 0.1 cosine to 0, wd 5e-4) and DARTS (configs/train-darts-paper.yaml:
 grows linearly from 0 to `train.drop_path` over the epochs (DARTS' `drop_path_prob * epoch / epochs`). The schedule
 steps once per epoch; batch k of epoch e is a pure function of (seed, e, k) and the RNG state is checkpointed, so a
 resumed run ends exactly where an uninterrupted one does (in deterministic mode).
+
+ImageNet (data.dataset=imagenet, configs/train-darts-imagenet.yaml): DARTS' NetworkImageNet (its three-conv stem and
+auxiliary head, C=48, 14 cells) on batches decoded from the folder layout by `FolderLoader`; the step schedule
+(train.lr_schedule=step, x0.97 per epoch) and label smoothing 0.1 of DARTS' train_imagenet.py.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from .. import logs
 from ..arch import Architecture
 from ..components import space_of, to_device
 from ..config import RunConfig, SpaceConfig, TrainConfig
-from ..data import ImageSet, Loader, load_dataset
+from ..data import FolderLoader, ImageFolder, ImageSet, Loader, load_dataset
 from ..environment import rng_state, set_rng_state
 from ..errors import UserError
 from ..files import check_optimizer_state, load_latest_checkpoint, nonfinite_tensors, save_checkpoint
@@ -40,12 +44,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainData:
-    train: Loader
-    test: Loader
+    train: Loader | FolderLoader
+    test: Loader | FolderLoader
     dataset: str
 
+    @property
+    def imagenet(self) -> bool:
+        """Large natural images decoded from files: they get DARTS' ImageNet network."""
+        return isinstance(self.train.ds, ImageFolder)
 
-def _subset(ds: ImageSet, n: int | None, seed: int) -> ImageSet:
+
+def _subset(ds: ImageSet | ImageFolder, n: int | None, seed: int) -> ImageSet | ImageFolder:
     if n is None:
         return ds
     if n > len(ds):
@@ -58,6 +67,10 @@ def train_data(cfg: RunConfig, device: torch.device) -> TrainData:
     d, t = cfg.data, cfg.train
     train = _subset(load_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download), t.subset, cfg.seed)
     test = load_dataset(d.dataset, "test", data_dir=d.data_dir, download=d.download)
+    if isinstance(train, ImageFolder):
+        return _folder_data(cfg, train, test, device)
+    if t.color_jitter:
+        raise UserError(f"train.color_jitter applies to image-folder datasets (imagenet), not {d.dataset}")
     common = dict(device=device, image_size=d.image_size, channels_last=t.channels_last)
     return TrainData(
         Loader(train, t.batch_size, seed=cfg.seed, augment=t.augment, cutout=t.cutout, **common),
@@ -65,18 +78,45 @@ def train_data(cfg: RunConfig, device: torch.device) -> TrainData:
         d.dataset)
 
 
-def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_classes: int) -> nn.Module:
-    """The discrete network of `arch` at the retraining size (train.C, train.N), affine BN with running statistics.
-    The space is the architecture's own with default settings: the cells name their ops, so the search's space
-    variant and supernet options (partial channels, BN policy) do not apply."""
+def _folder_data(cfg: RunConfig, train: ImageFolder, test: ImageFolder, device: torch.device) -> TrainData:
+    """Loaders decoding image files in data.workers processes: random-resized crops (+ flip, + colour jitter) of
+    data.image_size (224) for training, centre crops for the test split."""
+    d, t = cfg.data, cfg.train
+    if t.cutout:
+        raise UserError(f"train.cutout applies to in-memory datasets, not {d.dataset}: set train.cutout=0")
+    common = dict(device=device, image_size=d.image_size, channels_last=t.channels_last, workers=d.workers)
+    return TrainData(
+        FolderLoader(train, t.batch_size, seed=cfg.seed, augment=t.augment, jitter=t.color_jitter, **common),
+        FolderLoader(test, d.eval_batch_size, seed=cfg.seed, augment=False, shuffle=False, drop_last=False, **common),
+        d.dataset)
+
+
+def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_classes: int,
+                  imagenet: bool = False) -> nn.Module:
+    """The discrete network of `arch` at the retraining size (train.C, train.N), affine BN with running statistics;
+    `imagenet`: DARTS' ImageNet network (its stem and auxiliary head). The space is the architecture's own with
+    default settings: the cells name their ops, so the search's space variant and supernet options (partial
+    channels, BN policy) do not apply."""
     t = cfg.train
     space = space_of(replace(cfg, space=SpaceConfig(name=arch.space, C=t.C, N=t.N)), in_channels, num_classes)
     if arch.space == "nb201":
+        if imagenet:
+            raise UserError(f"NAS-Bench-201 networks have no ImageNet form: retrain a DARTS-space architecture on "
+                            f"{cfg.data.dataset}")
         if t.auxiliary_weight or t.drop_path:
             raise UserError("NAS-Bench-201 networks have no auxiliary head and no drop-path: "
                             "set train.auxiliary_weight=0 and train.drop_path=0")
         return space.network(arch, bn_affine=True)
-    return space.network(arch, C=t.C, layers=t.N, auxiliary=t.auxiliary_weight > 0, bn_affine=True)
+    return space.network(arch, C=t.C, layers=t.N, auxiliary=t.auxiliary_weight > 0, bn_affine=True,
+                         imagenet=imagenet)
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine to train.lr_min over the epochs (NB201, DARTS on CIFAR), or x train.lr_gamma every train.lr_step
+    epochs (DARTS' and DARTS-PT's ImageNet protocol: 0.97 every epoch); stepped once per epoch."""
+    if t.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.epochs, 1), eta_min=t.lr_min)
 
 
 class TrainRun:
@@ -87,11 +127,11 @@ class TrainRun:
         t: TrainConfig = cfg.train
         self.data = train_data(cfg, device)
         channels, num_classes = self.data.train.image_shape[0], self.data.train.ds.num_classes
-        self.model = to_device(build_network(cfg, arch, channels, num_classes), device, t.channels_last)
+        self.model = to_device(build_network(cfg, arch, channels, num_classes, self.data.imagenet), device,
+                               t.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
                                          weight_decay=t.weight_decay, nesterov=t.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(t.epochs, 1),
-                                                                    eta_min=t.lr_min)
+        self.scheduler = lr_scheduler(self.optimizer, t)
         self.epoch = 0
         self.test: dict[str, float] | None = None  # the latest test evaluation
 

@@ -29,6 +29,7 @@ from ..arch import Architecture, Cell, Edge
 from ..errors import UserError
 from ..genotype import CELL_TYPES, CONCAT, EDGES, INPUTS, NODES, SPACE, SPACE_OPS, STEPS, validate_darts
 from ..supernet import Plan, Supernet, Weight, weighted_sum
+from .darts_imagenet import AuxiliaryHeadImageNet, ImageNetStem
 from .mixed import Fan, MixedEdge
 from .ops import DilConv, FactorizedReduce, ReLUConvBN, SepConv, bn, scaled_bn
 
@@ -190,17 +191,24 @@ class AuxiliaryHead(nn.Module):
 
 
 class DARTSBody(nn.Module):
-    """Stem, `layers` cells (reductions at L//3 and 2L//3), optional auxiliary head after cell 2L//3, classifier."""
+    """Stem, `layers` cells (reductions at L//3 and 2L//3), optional auxiliary head after cell 2L//3, classifier.
+    `imagenet`: DARTS' ImageNet stem (three stride-2 convolutions, `ImageNetStem`) and auxiliary head instead of the
+    CIFAR ones (one conv3x3 of stem_multiplier x C channels)."""
 
     def __init__(self, C: int, layers: int, stem_multiplier: int, in_channels: int, num_classes: int,
                  edge_ops: dict[str, Sequence[Sequence[str]]], affine: bool, track: bool, pool_bn: bool,
-                 partial: int = 1, auxiliary: bool = False):
+                 partial: int = 1, auxiliary: bool = False, imagenet: bool = False):
         super().__init__()
-        c = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), bn(c, True, True))
-        C_pp, C_p, c = c, c, C
+        if imagenet:  # node 0 of the first cell is at twice node 1's resolution, as after a reduction
+            self.stem: nn.Module = ImageNetStem(in_channels, C)
+            C_pp, C_p, reduction_prev = C, C, True
+        else:
+            c = stem_multiplier * C
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), bn(c, True, True))
+            C_pp, C_p, reduction_prev = c, c, False
+        c = C
         self.aux_layer = 2 * layers // 3
-        cells, reduction_prev, C_aux = [], False, None
+        cells, C_aux = [], None
         for i in range(layers):
             reduction = i in reduction_layers(layers)
             c = c * 2 if reduction else c
@@ -211,8 +219,14 @@ class DARTSBody(nn.Module):
             if i == self.aux_layer:
                 C_aux = C_p
         self.cells = nn.ModuleList(cells)
-        self.auxiliary = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        head = AuxiliaryHeadImageNet if imagenet else AuxiliaryHead
+        self.auxiliary = head(C_aux, num_classes) if auxiliary else None
         self.classifier = nn.Linear(C_p, num_classes)
+
+    def inputs(self, x: torch.Tensor):
+        """The first cell's two inputs (s0, s1): the stem's output twice (CIFAR), or stem0's and stem1's (ImageNet)."""
+        s = self.stem(x)
+        return s if isinstance(s, tuple) else (s, s)
 
     def run_layer(self, i: int, state, plans: dict[str, Plan], drop_prob: float = 0.0, fan: Fan | None = None):
         s0, s1 = state
@@ -286,10 +300,12 @@ class DARTSSupernet(Supernet):
 class DARTSNetwork(nn.Module):
     """The discrete network of one architecture: the same cells with one op per kept edge (module names as in the
     supernet). `forward` gives logits; `forward_aux` also the auxiliary logits (training mode, `auxiliary` only).
-    Set `drop_path_prob` per epoch (DARTS ramps it linearly); it acts in training mode only."""
+    Set `drop_path_prob` per epoch (DARTS ramps it linearly); it acts in training mode only. `imagenet`: DARTS'
+    NetworkImageNet (its stem and auxiliary head; stem_multiplier unused)."""
 
     def __init__(self, arch: Architecture, C=36, layers=20, stem_multiplier=3, in_channels=3, num_classes=10,
-                 auxiliary=False, bn_affine=True, bn_track=True, pool_bn=False, drop_path_prob=0.0):
+                 auxiliary=False, bn_affine=True, bn_track=True, pool_bn=False, drop_path_prob=0.0,
+                 imagenet=False):
         super().__init__()
         validate_darts(arch)
         self.C, self.layers, self.auxiliary = C, layers, auxiliary
@@ -297,15 +313,14 @@ class DARTSNetwork(nn.Module):
         edge_ops = {ct: [[op] if op else [] for op in (arch.cell(ct).op_on(s, d) for s, d in EDGES)]
                     for ct in CELL_TYPES}
         self.body = DARTSBody(C, layers, stem_multiplier, in_channels, num_classes, edge_ops, bn_affine, bn_track,
-                              pool_bn, 1, auxiliary)
+                              pool_bn, 1, auxiliary, imagenet)
         self.plans: dict[str, Plan] = {ct: [[(0, 1.0)] if ops else [] for ops in edge_ops[ct]] for ct in CELL_TYPES}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_aux(x)[0]
 
     def forward_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s = self.body.stem(x)
-        state, aux = (s, s), None
+        state, aux = self.body.inputs(x), None
         for i in range(len(self.body.cells)):
             state = self.body.run_layer(i, state, self.plans, self.drop_path_prob)
             if i == self.body.aux_layer and self.body.auxiliary is not None and self.training:
@@ -358,12 +373,13 @@ class DARTSSpace:
                              self.edge_norm, self.pool_bn, self.recompute)
 
     def network(self, arch: Architecture, C: int | None = None, layers: int | None = None, auxiliary: bool = False,
-                drop_path_prob: float = 0.0, bn_affine: bool = True, pool_bn: bool = False) -> DARTSNetwork:
+                drop_path_prob: float = 0.0, bn_affine: bool = True, pool_bn: bool = False,
+                imagenet: bool = False) -> DARTSNetwork:
         """The discrete network (DARTS' evaluation network: affine BN, no BN after pooling); C and layers default to
-        this space's (the paper evaluates at C=36, 20 layers). pool_bn=True, bn_affine=False give the supernet's
-        exact sub-network for weight inheritance."""
+        this space's (the paper evaluates at C=36, 20 layers; on ImageNet, `imagenet=True`, at C=48, 14 layers).
+        pool_bn=True, bn_affine=False give the supernet's exact sub-network for weight inheritance."""
         return DARTSNetwork(arch, C or self.C, layers or self.N, self.stem_multiplier, self.in_channels,
-                            self.num_classes, auxiliary, bn_affine, self.bn_track, pool_bn, drop_path_prob)
+                            self.num_classes, auxiliary, bn_affine, self.bn_track, pool_bn, drop_path_prob, imagenet)
 
     def architecture(self, chosen: dict[str, Sequence[int | None]]) -> Architecture:
         """The Architecture with op index chosen[cell_type][e] on each kept edge e (None: edge dropped)."""
