@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import UserError
 from .augment import normalize
 from .imagefolder import ImageFolder
-from .jpeg import eval_image, train_image
 from .loader import batches_per_epoch, derive_seed
 
 DEFAULT_SIZE = 224
@@ -49,6 +48,7 @@ class FolderBatches(Dataset):
         return self._order[1]
 
     def image(self, i: int, epoch: int, k: int, j: int) -> torch.Tensor:
+        from .jpeg import eval_image, train_image  # Pillow: the imagenet extra, needed only to decode
         path = self.ds.path(i)
         if not self.augment:
             return eval_image(path, self.size)

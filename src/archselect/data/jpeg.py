@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance  # the imagenet extra (pip install 'archselect[imagenet]'); imported on first decode
 
 from ..errors import UserError
 
