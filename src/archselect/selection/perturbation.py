@@ -182,7 +182,7 @@ def tuning_steps(events: int, per_event: int, steps_per_epoch: int, schedule: st
     """Fine-tuning steps before each decision (0 before the first). even: `per_event` each. official: as the official
     NB201 code (projection.py: decisions at tuning epochs 0, intv, 2·intv, … and the last at epoch intv·(n−1) − 1,
     i.e. 0, 5, 10, 15, 20, 24), the last decision one epoch (`steps_per_epoch`) early, never before the previous one;
-    the official DARTS-space code (with a topology step) spaces its decisions evenly (0, 5, …, 85 of 86 epochs)."""
+    the official DARTS-space code (with a topology step) spaces its decisions evenly (0, 5, …, 80 of 81 epochs)."""
     gaps = [0] + [per_event] * (events - 1)
     if schedule == "official" and not topology and events > 1:
         gaps[-1] = max(per_event - steps_per_epoch, 0)
