@@ -84,6 +84,8 @@ CASES = {
     "perturbation-naive": (Perturbation, {**PERTURBATION, "evaluator": "naive", "crit": "loss"}, None),
     "perturbation-topology": (Perturbation, {"tune_steps": 1, "valid_batches": 1}, TwoTypeSpace()),
     "perturbation-stacked": (Perturbation, {**PERTURBATION, "stack": 3}, None),  # a worker stacks its share
+    "perturbation-official": (Perturbation, {**PERTURBATION, "draw": "fresh", "augment": True, "batch_size": 32,
+                                             "schedule": "official"}, None),  # each candidate its own pass
     "shapley-stacked": (ShapleySelector, {**SHAPLEY, "stack": 4}, None),
     "shapley-antithetic": (ShapleySelector, {**SHAPLEY, "permutations": 6, "estimator": "antithetic"}, None),
     "shapley-kernel": (ShapleySelector, {**SHAPLEY, "permutations": 3, "estimator": "kernel", "coalitions": 8}, None),

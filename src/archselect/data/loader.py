@@ -95,10 +95,11 @@ class Loader:
         for k in range(start, len(self)):
             yield self.batch(epoch, k)
 
-    def rebatch(self, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False) -> "Loader":
+    def rebatch(self, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False, augment: bool = False,
+                cutout: int = 0) -> "Loader":
         """A loader over the same images (same size, device and layout) with another batch size and order,
-        unaugmented."""
+        unaugmented unless `augment` (with `cutout`)."""
         size = self.images.shape[-1]
-        return Loader(self.ds, batch_size, seed=seed, augment=False, shuffle=shuffle, drop_last=drop_last,
+        return Loader(self.ds, batch_size, seed=seed, augment=augment, shuffle=shuffle, drop_last=drop_last,
                       device=self.device, image_size=None if size == self.ds.image_size else size,
-                      channels_last=self.channels_last)
+                      channels_last=self.channels_last, cutout=cutout)

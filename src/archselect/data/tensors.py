@@ -45,7 +45,10 @@ class TensorLoader:
         for k in range(start, len(self)):
             yield self.batch(epoch, k)
 
-    def rebatch(self, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False) -> "TensorLoader":
+    def rebatch(self, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False, augment: bool = False,
+                cutout: int = 0) -> "TensorLoader":
+        if augment:  # the caller's own tensors: no dataset metadata (flip, mean, std) to augment them by
+            raise UserError("augment: scoring batches given as tensors cannot be augmented; set augment: false")
         return TensorLoader(self.images, self.labels, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last,
                             device=self.device, channels_last=self.channels_last)
 

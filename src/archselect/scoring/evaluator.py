@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import logs
 from ..config import check_rules
-from ..data import Loader
+from ..data import Loader, derive_seed
 from ..errors import UserError
 from ..spaces.mixed import Terms
 from ..spaces.ops import stacked
@@ -91,10 +91,12 @@ def take_batches(loader: Loader, limit: int | None = None, epoch: int = 0) -> li
     return [loader.batch(epoch, k) for k in range(n)]
 
 
-def rebatch(loader: Loader, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False) -> Loader:
+def rebatch(loader: Loader, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool = False,
+            augment: bool = False, cutout: int = 0) -> Loader:
     """A loader over the same images (same size, device and layout) with another batch size and order, unaugmented
-    (archselect's Loader, or a TensorLoader of the caller's own batches)."""
-    return loader.rebatch(batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+    unless `augment` (archselect's Loader, or a TensorLoader of the caller's own batches)."""
+    return loader.rebatch(batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, augment=augment,
+                          cutout=cutout)
 
 
 def _tensors(state: Any) -> list[torch.Tensor]:
@@ -385,6 +387,8 @@ class NaiveEvaluator(MaskedEvaluator):
 
 
 EVALUATORS = {"efficient": MaskedEvaluator, "naive": NaiveEvaluator}
+DRAWS = ("fixed", "fresh")
+SOURCE_SALT = 0x5C0
 
 
 def make_evaluator(kind: str, supernet: Supernet, batches: Sequence[Batch], *, bn: str, cost: Cost,
@@ -403,11 +407,34 @@ class EvaluatorOptions:
     cache_mb: float = 1024.0      # memory for cached layer states (see scoring/evaluator.py)
     evaluator: str = "efficient"  # efficient | naive (recompute everything; for checks and benchmarks)
     stack: int = 1                # settings per pass, stacked along the batch (for GPUs; see scoring/stacking.py)
+    batch_size: int | None = None  # scoring batch size (null: data.eval_batch_size); with bn train it changes scores
+    draw: str = "fixed"           # fixed: every candidate on the same batches (paired) | fresh: a seeded pass each
+    augment: bool = False         # the training augmentation (pad-crop, flip, data.cutout) on the scoring batches
 
     def check_evaluator(self, prefix: str) -> None:
         check_rules(self, prefix, [(self.evaluator in EVALUATORS, "evaluator", f"one of {', '.join(EVALUATORS)}"),
-                                   (self.cache_mb >= 0, "cache_mb", ">= 0"), (self.stack >= 1, "stack", "at least 1")])
+                                   (self.cache_mb >= 0, "cache_mb", ">= 0"), (self.stack >= 1, "stack", "at least 1"),
+                                   (self.batch_size is None or self.batch_size >= 1, "batch_size",
+                                    "at least 1 (or null: data.eval_batch_size)"),
+                                   (self.draw in DRAWS, "draw", f"one of {', '.join(DRAWS)}"),
+                                   (isinstance(self.augment, bool), "augment", "true or false")])
         check_bn_mode(self.bn, f"{prefix}.bn")
+
+    def scoring_source(self, valid: Loader, train: Loader | None, seed: int) -> Loader:
+        """The scoring split as these options batch it. The defaults return `valid` itself (unshuffled,
+        unaugmented, data.eval_batch_size), so results stay those of earlier versions; `fresh` shuffles, so that
+        each epoch of the returned loader is a new seeded pass; `augment` takes the cutout of the training loader."""
+        if self.batch_size is None and self.draw == "fixed" and not self.augment:
+            return valid
+        return rebatch(valid, self.batch_size or valid.batch_size, seed=derive_seed(seed, SOURCE_SALT),
+                       shuffle=self.draw == "fresh", augment=self.augment,
+                       cutout=getattr(train, "cutout", 0) if self.augment else 0)
+
+    def candidate_batches(self, source: Loader, limit: int | None, *key: int) -> list[Batch]:
+        """The batches candidate `key` is scored on: the first `limit` of `source` (fixed), or of its own seeded
+        pass (fresh: epoch derive_seed(*key) of the shuffled source), a pure function of the seed and the key, so
+        workers and resumes draw the same ones."""
+        return take_batches(source, limit, derive_seed(*key) if self.draw == "fresh" and key else 0)
 
     def make_evaluator(self, supernet: Supernet, batches: Sequence[Batch], cost: Cost) -> MaskedEvaluator:
         return make_evaluator(self.evaluator, supernet, batches, bn=self.bn, cost=cost, cache_mb=self.cache_mb,

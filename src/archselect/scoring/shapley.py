@@ -8,8 +8,8 @@ start from the full supernet, remove the players of a random permutation one at 
 marginal contribution is the accuracy before its removal minus the accuracy after. A permutation is truncated once
 the accuracy falls below `threshold` x the full accuracy; the players it did not reach get 0 for that permutation.
 
-Each permutation is scored on a fresh batch (official: 1024 images from the validation half), or on a fixed set of
-batches with `fixed_valid`. The estimate is the mean over permutations (the paper's estimator) or, with
+Each permutation is scored on a fresh batch (`draw: fresh`, the default; official: 1024 images from the validation
+half), or on a fixed set of batches (`draw: fixed`; `fixed_valid: true` is the older spelling of the same). The estimate is the mean over permutations (the paper's estimator) or, with
 `estimate: mean-std`, the mean minus the population standard deviation (what the official code computes).
 
 Three estimators (`estimator`), each a mean of independent rows, one row per batch j, so that workers, resume and the
@@ -46,12 +46,17 @@ ESTIMATORS = ("permutation", "antithetic", "kernel")
 class ShapleyOptions(EvaluatorOptions):
     permutations: int = 10        # Monte-Carlo permutations (paper: 10)
     threshold: float = 0.5        # truncate once accuracy < threshold x full accuracy (paper: 0.5; 0: never)
-    batch_size: int = 256         # images per batch (paper: 1024; 256 keeps a CPU select call short)
+    batch_size: int | None = 256  # images per batch (paper: 1024; 256 keeps a CPU select call short; null: the split's)
     batches: int = 1              # batches per permutation (paper: 1)
-    fixed_valid: bool = False     # score every permutation on the same first batches (paper: a fresh batch each)
+    draw: str = "fresh"           # fresh: new batches per permutation (paper) | fixed: the same first batches for all
+    fixed_valid: bool = False     # older spelling of draw: fixed (true wins over draw)
     estimate: str = "mean"        # mean (paper) | mean-std (the official code)
     estimator: str = "permutation"  # permutation (paper) | antithetic | kernel (see the module's docstring)
     coalitions: int = 0           # kernel: coalitions per batch, in complementary pairs (0: the even count >= players)
+
+    @property
+    def fixed(self) -> bool:
+        return self.fixed_valid or self.draw == "fixed"
 
     def check(self, prefix: str) -> None:
         self.check_evaluator(prefix)
@@ -61,7 +66,6 @@ class ShapleyOptions(EvaluatorOptions):
                                    (self.estimator in ESTIMATORS, "estimator", f"one of {', '.join(ESTIMATORS)}"),
                                    (self.coalitions >= 0 and self.coalitions % 2 == 0, "coalitions",
                                     "an even number >= 0"),
-                                   (self.batch_size >= 1, "batch_size", "at least 1"),
                                    (self.batches >= 1, "batches", "at least 1"),
                                    (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}")])
 
@@ -219,11 +223,12 @@ class ShapleyEstimate:
         return out
 
 
-def batch_source(valid: Loader, opts: ShapleyOptions, seed: int) -> Loader:
+def batch_source(valid: Loader, opts: ShapleyOptions, seed: int, cutout: int = 0) -> Loader:
     """The images of `valid` in batches of `opts.batch_size`: a seeded shuffled stream (fresh batches per permutation)
-    or, with `fixed_valid`, the split in storage order."""
-    fixed = opts.fixed_valid
-    return rebatch(valid, opts.batch_size, seed=derive_seed(seed, 0x5B), shuffle=not fixed, drop_last=not fixed)
+    or, fixed, the split in storage order; `augment`: with the training augmentation (and `cutout`)."""
+    fixed = opts.fixed
+    return rebatch(valid, opts.batch_size or valid.batch_size, seed=derive_seed(seed, 0x5B), shuffle=not fixed,
+                   drop_last=not fixed, augment=opts.augment, cutout=cutout if opts.augment else 0)
 
 
 def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, list | None]]
@@ -254,10 +259,10 @@ def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int
     this). Either way the rows, and the passes added to `cost`, are those of one process scoring them in turn."""
     players = players_of(supernet)
     game = {"players": players, "base": supernet.mixing_weights(detach=True), "opts": opts, "seed": seed,
-            "batches": take_batches(source, opts.batches) if opts.fixed_valid else None}
+            "batches": take_batches(source, opts.batches) if opts.fixed else None}
 
     def item(j: int) -> tuple[int, list | None]:
-        return j, None if opts.fixed_valid else _fresh_batches(source, j, opts.batches)
+        return j, None if opts.fixed else _fresh_batches(source, j, opts.batches)
 
     rows = list(done)
     wanted = rows_wanted(opts)

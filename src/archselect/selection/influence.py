@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import logs
+from ..data import derive_seed
 from ..errors import UserError
 from .base import Selection, Selector, as_lists, register
 
@@ -47,6 +48,8 @@ class InfluenceOptions:
     #                            vmaps k through one backward (k x the memory; measured 15-25% faster on CPU)
     hessian: str = "exact"     # exact: one product per coordinate | hutchinson: an unbiased estimate from `probes`
     probes: int = 32           # Hutchinson probes per batch (hessian: hutchinson)
+    batch_size: int | None = None  # images per batch (null: data.eval_batch_size); with bn train it changes scores
+    augment: bool = False      # the training augmentation (pad-crop, flip, data.cutout) on the validation batches
 
 
 @register("influence")
@@ -65,14 +68,19 @@ class Influence(Selector):
             raise UserError("select.options.influence.hvp_batch must be at least 1")
         if self.options.probes < 1:
             raise UserError("select.options.influence.probes must be at least 1")
+        if self.options.batch_size is not None and self.options.batch_size < 1:
+            raise UserError("select.options.influence.batch_size must be at least 1 (or null: data.eval_batch_size)")
+        if not isinstance(self.options.augment, bool):
+            raise UserError(f"select.options.influence.augment: true or false, got {self.options.augment!r}")
 
     def run(self, ctx):
         o = self.options
         model = scoring_copy(ctx.supernet, o.bn)
-        batches = _take(ctx.valid.epoch(0), o.batches)
+        valid = scoring_loader(ctx, o)
+        batches = _take(valid.epoch(0), o.batches)
         probes = o.probes if o.hessian == "hutchinson" else None
         n_hvp = probes or sum(int(m.sum()) for m in active_coordinates(model, o.weights).values())
-        n_batches = _batch_count(ctx.valid, o.batches)
+        n_batches = _batch_count(valid, o.batches)
         with logs.Progress(self.name, n_batches and n_batches * n_hvp, "Hessian-vector product"):
             theta, per_batch = derivatives(model, batches, o.weights, o.hvp_batch, probes=probes, seed=ctx.seed)
         if not per_batch:
@@ -99,6 +107,16 @@ class Influence(Selector):
 
 
 # -- the pieces ---------------------------------------------------------------------------------------------------------
+
+def scoring_loader(ctx, o: InfluenceOptions):
+    """The validation split as the options batch it: ctx.valid itself by default (results as before), else rebatched
+    in storage order, augmented by the training loader's settings when asked."""
+    if o.batch_size is None and not o.augment:
+        return ctx.valid
+    cutout = getattr(ctx.train, "cutout", 0) if o.augment else 0
+    return ctx.valid.rebatch(o.batch_size or ctx.valid.batch_size, seed=derive_seed(ctx.seed, 0x1F), shuffle=False,
+                             augment=o.augment, cutout=cutout)
+
 
 def scoring_copy(supernet, bn: str):
     """A private copy whose weights need no gradient, in the requested BN mode. Train mode on the copy is "batch

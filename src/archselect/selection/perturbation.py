@@ -1,7 +1,7 @@
 """DARTS-PT (Wang et al., ICLR 2021): perturbation-based selection on a copy of the supernet.
 
-Edges are decided one at a time (one edge per cell type per decision, in seeded random order as official, or in edge
-order). For the edge, each enabled op is removed in turn (its mixing weight set to 0, no renormalisation) and the
+Edges are decided one at a time (one edge per cell type per decision, in a seeded random order, as the official code
+draws one, though not the same sequence: its draws come from numpy's global RNG; or in edge order). For the edge, each enabled op is removed in turn (its mixing weight set to 0, no renormalisation) and the
 supernet's search-validation accuracy measured; the edge keeps the op whose removal hurts most (crit acc: lowest
 accuracy; crit loss: highest loss) and becomes one-hot (its mask restricted to that op). Between decisions the copy
 is fine-tuned on the search-train split: SGD on the weights and, when the search trained α by first-order DARTS, Adam
@@ -10,6 +10,10 @@ steps on α as well (a fixed-α / "blank" supernet keeps α fixed). In spaces wh
 
 Scores are accuracy drops (full accuracy − accuracy without the op; crit loss: loss increase), so higher = more
 important; an op that is `none` or disabled scores exactly 0. Progress is checkpointed after every decision.
+
+Scoring batches (EvaluatorOptions): `batch_size`, `draw` and `augment`. The defaults score every candidate on the
+same unaugmented batches (a paired comparison); the official code scores each on a new random pass over the
+validation split in batches of 64, with the training augmentation (draw: fresh, augment: true, batch_size: 64).
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 CRITERIA = ("acc", "loss")
 ORDERS = ("random", "fixed")
 ALPHA_MODES = ("auto", "yes", "no")
+SCHEDULES = ("even", "official")
 
 
 @dataclass
@@ -58,12 +63,15 @@ class PerturbationOptions(EvaluatorOptions):
     update_alpha: str = "auto"        # auto: DARTS α steps iff the search trained α by DARTS (paper) | yes | no
     valid_batches: int | None = 4     # scoring batches of the search-valid split (paper: all of it, null)
     topology: bool = True             # spaces with `inputs_per_node` (DARTS): prune node inputs after the ops (paper)
+    schedule: str = "even"            # even: tune_epochs before every decision | official: as the official code
+    #                                   (NB201: the last decision one epoch early, α batches fresh and augmented)
 
     def check(self, prefix: str) -> None:
         rules = [
             (self.crit in CRITERIA, "crit", f"one of {', '.join(CRITERIA)}"),
             (self.edge_order in ORDERS, "edge_order", f"one of {', '.join(ORDERS)}"),
             (self.update_alpha in ALPHA_MODES, "update_alpha", f"one of {', '.join(ALPHA_MODES)}"),
+            (self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}"),
             (self.tune_epochs >= 0, "tune_epochs", ">= 0"),
             (self.tune_steps is None or self.tune_steps >= 0, "tune_steps", ">= 0"),
             (self.valid_batches is None or self.valid_batches >= 1, "valid_batches", "at least 1 (or null: all)"),
@@ -77,11 +85,14 @@ class PerturbationOptions(EvaluatorOptions):
 
 class FineTuner:
     """SGD on the copy's weights (and optional first-order DARTS Adam steps on α). Step g uses train batch g and
-    valid batch g of the loaders' seeded streams, so a resumed fine-tuning sees the same batches."""
+    valid batch g of the loaders' seeded streams, so a resumed fine-tuning sees the same batches; with
+    `fresh_alpha`, the α batch of step g is the first batch of valid's epoch g (official: `next(iter(valid_queue))`,
+    the first batch of a new random pass every step)."""
 
     def __init__(self, supernet: Supernet, train, valid, o: PerturbationOptions, search: SearchConfig | None,
-                 alpha: bool, total_steps: int):
+                 alpha: bool, total_steps: int, fresh_alpha: bool = False):
         self.supernet, self.train, self.valid, self.o = supernet, train, valid, o
+        self.fresh_alpha = fresh_alpha
         self.total_steps, self.step = max(total_steps, 1), 0
         self.w_optimizer = torch.optim.SGD(supernet.weight_parameters(), lr=o.lr, momentum=o.momentum,
                                            weight_decay=o.weight_decay)
@@ -101,7 +112,8 @@ class FineTuner:
             for group in self.w_optimizer.param_groups:
                 group["lr"] = self.lr()
             if self.a_optimizer is not None:
-                self._alpha_step(self._batch(self.valid), cost)
+                self._alpha_step(self.valid.batch(self.step, 0) if self.fresh_alpha else self._batch(self.valid),
+                                 cost)
             self._weight_step(self._batch(self.train), cost)
             self.step += 1
             logs.tick()
@@ -166,6 +178,17 @@ def decision_events(supernet: Supernet, order: str, seed: int, inputs_per_node: 
     return events
 
 
+def tuning_steps(events: int, per_event: int, steps_per_epoch: int, schedule: str, topology: bool) -> list[int]:
+    """Fine-tuning steps before each decision (0 before the first). even: `per_event` each. official: as the official
+    NB201 code (projection.py: decisions at tuning epochs 0, intv, 2·intv, … and the last at epoch intv·(n−1) − 1,
+    i.e. 0, 5, 10, 15, 20, 24), the last decision one epoch (`steps_per_epoch`) early, never before the previous one;
+    the official DARTS-space code (with a topology step) spaces its decisions evenly (0, 5, …, 80 of 81 epochs)."""
+    gaps = [0] + [per_event] * (events - 1)
+    if schedule == "official" and not topology and events > 1:
+        gaps[-1] = max(per_event - steps_per_epoch, 0)
+    return gaps
+
+
 def decide_op(supernet: Supernet, evaluate, cell_type: str, edge: int, crit: str,
               keep_none: bool = True) -> dict[str, Any] | None:
     """Score every enabled op of `edge` by removal, make the edge one-hot on the winner; returns the record.
@@ -220,10 +243,14 @@ class Perturbation(Selector):
             raise UserError("perturbation fine-tunes the supernet between decisions and needs training batches "
                             "(train=...); or set its option tune_epochs=0 for no fine-tuning")
         per_event = o.tune_steps if o.tune_steps is not None else round(o.tune_epochs * len(ctx.train or ()))
+        gaps = tuning_steps(len(events), per_event, len(ctx.train or ()), o.schedule, bool(keep))
         batch_size = (ctx.train or ctx.valid).batch_size
-        alpha_stream = rebatch(ctx.valid, batch_size, seed=ctx.seed + 1, shuffle=True, drop_last=True)
-        tuner = FineTuner(net, ctx.train, alpha_stream, o, search, alpha, per_event * (len(events) - 1))
-        batches = take_batches(ctx.valid, o.valid_batches)
+        official = o.schedule == "official"  # α batches: official augmented random batches
+        alpha_stream = rebatch(ctx.valid, batch_size, seed=ctx.seed + 1, shuffle=True, drop_last=True,
+                               augment=official, cutout=getattr(ctx.train, "cutout", 0) if official else 0)
+        tuner = FineTuner(net, ctx.train, alpha_stream, o, search, alpha, sum(gaps), fresh_alpha=official)
+        source = o.scoring_source(ctx.valid, ctx.train, ctx.seed)
+        batches = take_batches(source, o.valid_batches) if o.draw == "fixed" else []
 
         progress = Progress(ctx.workdir, self.name, fingerprint(ctx.supernet, o, ctx.seed, [alpha, keep]))
         cost, records, done = Cost(), [], 0
@@ -237,14 +264,15 @@ class Perturbation(Selector):
 
         # the candidates of each decision are scored on `net` as it is then, here or split over ctx.workers; the
         # fine-tuning between decisions stays in this process
-        evaluate = Candidates(ctx.workers, ctx.space, net, batches, o, cost)
+        evaluate = Candidates(ctx.workers, ctx.space, net, batches, o, cost, source, o.valid_batches)
         with logs.Progress(self.name, len(events), "decision", done=done) as decisions:
             for i in range(done, len(events)):
                 if i > 0:
-                    tuner.run(per_event, cost)
-                for kind, ct, where in events[i]:
-                    record = (decide_op(net, evaluate, ct, where, o.crit, keep_none=not keep) if kind == "op"
-                              else {"kind": "node", **select_inputs(net, evaluate, ct, where, keep, o.crit)})
+                    tuner.run(gaps[i], cost)
+                for j, (kind, ct, where) in enumerate(events[i]):
+                    on = evaluate.at(i, j)  # fresh batches: keyed by (decision, event, candidate)
+                    record = (decide_op(net, on, ct, where, o.crit, keep_none=not keep) if kind == "op"
+                              else {"kind": "node", **select_inputs(net, on, ct, where, keep, o.crit)})
                     if record is not None:
                         records.append(record)
                         log.info(f"  decision {i + 1}/{len(events)}: {_describe(record, net.edges)}")
@@ -252,9 +280,10 @@ class Perturbation(Selector):
                                       "cost": vars(cost), "records": records, "done": i + 1})
                 decisions.update()
         progress.clear()
-        return self._selection(ctx, net, records, cost, alpha, per_event, done)
+        return self._selection(ctx, net, records, cost, alpha, per_event, gaps, done)
 
-    def _selection(self, ctx, net: Supernet, records, cost: Cost, alpha: bool, per_event: int, resumed: int):
+    def _selection(self, ctx, net: Supernet, records, cost: Cost, alpha: bool, per_event: int, gaps: list[int],
+                   resumed: int):
         K = len(net.op_names)
         scores = {ct: torch.zeros(len(net.edges[ct]), K, dtype=torch.float64) for ct in net.cell_types}
         chosen = {ct: torch.zeros(len(net.edges[ct]), K) for ct in net.cell_types}
@@ -266,6 +295,7 @@ class Perturbation(Selector):
             chosen[ct][masks[ct]] = 1.0  # one-hot on decided edges, all zero on pruned ones
         arch = ctx.space.derive(chosen, masks)
         details = {"crit": self.options.crit, "update_alpha": alpha, "tune_steps_per_decision": per_event,
+                   "tune_steps_before": gaps,
                    "decisions": records, "resumed_after": resumed}
         return Selection(self.name, arch, as_lists(scores), None, cost, details)
 

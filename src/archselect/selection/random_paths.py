@@ -55,9 +55,14 @@ class RandomPaths(Selector):
     def run(self, ctx) -> Selection:
         opts, net = self.options, ctx.supernet
         cost = Cost()
-        evaluate = opts.make_evaluator(net, take_batches(ctx.valid, opts.valid_batches), cost)
+        source = opts.scoring_source(ctx.valid, ctx.train, ctx.seed)
         paths = list(self._distinct_paths(ctx))
-        tried = [(o.accuracy, o.loss, w) for o, w in zip(self._evaluate(evaluate, paths), paths)]
+        if opts.draw == "fresh":  # each path on its own seeded pass (keyed by its index), its own evaluator
+            outcomes = [opts.make_evaluator(net, opts.candidate_batches(source, opts.valid_batches, SEED_SALT, i),
+                                            cost)(w) for i, w in enumerate(paths)]
+        else:
+            outcomes = self._evaluate(opts.make_evaluator(net, take_batches(source, opts.valid_batches), cost), paths)
+        tried = [(o.accuracy, o.loss, w) for o, w in zip(outcomes, paths)]
         log.info(f"  random-paths: {len(tried)} distinct paths, accuracy {logs.percent(min(t[0] for t in tried))} "
                  f"to {logs.percent(max(t[0] for t in tried))}")
         best = max(range(len(tried)), key=lambda i: (tried[i][0], -tried[i][1], -i))  # ties: lower loss, then first

@@ -50,7 +50,7 @@ class ShapleySelector(Selector):
             permutations.update(len(rows) - permutations.count)
 
         with logs.Progress(self.name, rows_wanted(o), unit, done=len(done)) as permutations:
-            est = estimate(net, batch_source(ctx.valid, o, ctx.seed), o, ctx.seed, cost, done, checkpoint,
+            est = estimate(net, batch_source(ctx.valid, o, ctx.seed, getattr(ctx.train, "cutout", 0)), o, ctx.seed, cost, done, checkpoint,
                            ctx.workers, ctx.space)
         progress.clear()
         scores = est.matrices(net, est.values(o.estimate))
