@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -82,3 +84,22 @@ def test_errors_suggest_the_closest_name_and_say_where_the_yaml_broke(tmp_path):
     bad.write_text("search:\n  epochs: 3\n  optimizer: [darts\n")
     with pytest.raises(UserError, match=r"not valid YAML at line 4, column 1"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_valid_selector_options(path):
+    """configs/*.yaml: each validates as written (paper configs included: ImageNet's 224 px retraining config is not
+    held to the search-step memory estimate), and its select.options build their selectors."""
+    from archselect.selection import SELECTORS
+
+    cfg = load_config(path)
+    for name, options in cfg.select.options.items():
+        SELECTORS.get(name)(options)
+
+
+def test_retrain_only_datasets_are_the_folder_datasets():
+    from archselect.config import RETRAIN_ONLY_DATASETS
+    from archselect.data import DATASETS
+
+    assert set(RETRAIN_ONLY_DATASETS) <= set(DATASETS)

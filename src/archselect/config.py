@@ -410,6 +410,11 @@ LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.ima
 MAX_ACTIVATION_BYTES = 256 << 30  # a rough upper estimate of one search step's activations
 
 
+# Datasets read from folders as they stream (data/imagefolder.py): retraining only, never a supernet search, so the
+# search step's memory estimate does not apply to their configs (ImageNet at 224 px would trip it).
+RETRAIN_ONLY_DATASETS = ("imagenet",)
+
+
 def estimated_activation_bytes(cfg: RunConfig) -> int:
     """A rough estimate of one search step's activation memory: batch x channels x pixels, for every op of every
     edge of every cell (fp32, forward kept for backward), at the largest resolution (32 when unknown)."""
@@ -442,7 +447,7 @@ def check_ranges(cfg: RunConfig) -> None:
     t = cfg.train
     if t.momentum < 0 or t.weight_decay < 0 or (t.nesterov and t.momentum <= 0):
         raise UserError("train.momentum and train.weight_decay must be >= 0 (train.nesterov needs momentum > 0)")
-    need = estimated_activation_bytes(cfg)
+    need = estimated_activation_bytes(cfg) if cfg.data.dataset not in RETRAIN_ONLY_DATASETS else 0
     if need > MAX_ACTIVATION_BYTES:
         raise UserError(f"space.C={cfg.space.C}, space.N={cfg.space.N}, data.batch_size={cfg.data.batch_size} and "
                         f"data.image_size={cfg.data.image_size} need about {need / 2 ** 30:.0f} GiB of activations "
