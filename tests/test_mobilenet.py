@@ -183,3 +183,15 @@ def test_cli_search_and_select(tmp_path, capsys):
         arch = load_architecture(str(next((run / "selections").glob(f"*{name}*.json"))))
         assert arch.space == "mobilenet" and str(arch) in out
         assert arch.cell("stage2").edges[0].op != "zero"
+
+
+def test_retraining_builds_the_architecture_at_the_configs_layout():
+    from archselect.evaluate.train import build_network
+
+    text = "mobilenet:mb3_k3|mb6_k5,zero|mb3_k7|mb6_k3|mb3_k5|mb6_k7"
+    cfg = load_config(None, ["space.name=mobilenet", "space.resolution=32", "space.width_mult=0.25"])
+    net = build_network(cfg, parse_mobilenet(text), 1, 4)
+    assert net.layer_ops == [op for ops in text[len("mobilenet:"):].split("|") for op in ops.split(",")]
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+    with pytest.raises(UserError, match="no auxiliary head"):
+        build_network(load_config(None, ["train.drop_path=0.2"]), parse_mobilenet(text), 1, 4)

@@ -70,6 +70,8 @@ def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_clas
     The space is the architecture's own with default settings: the cells name their ops, so the search's space
     variant and supernet options (partial channels, BN policy) do not apply."""
     t = cfg.train
+    if arch.space == "mobilenet":
+        return _mobilenet_network(cfg, arch, in_channels, num_classes)
     space = space_of(replace(cfg, space=SpaceConfig(name=arch.space, C=t.C, N=t.N)), in_channels, num_classes)
     if arch.space == "nb201":
         if t.auxiliary_weight or t.drop_path:
@@ -77,6 +79,18 @@ def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_clas
                             "set train.auxiliary_weight=0 and train.drop_path=0")
         return space.network(arch, bn_affine=True)
     return space.network(arch, C=t.C, layers=t.N, auxiliary=t.auxiliary_weight > 0, bn_affine=True)
+
+
+def _mobilenet_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_classes: int) -> nn.Module:
+    """A MobileNet at the config's space.resolution and space.width_mult, with the architecture's own layers per
+    stage (train.C and train.N do not apply)."""
+    t, s = cfg.train, cfg.space
+    if t.auxiliary_weight or t.drop_path:
+        raise UserError("MobileNet networks have no auxiliary head and no drop-path: "
+                        "set train.auxiliary_weight=0 and train.drop_path=0")
+    layers = [len(cell.edges) for _, cell in arch.cells]
+    own = SpaceConfig(name=arch.space, resolution=s.resolution, width_mult=s.width_mult, stage_layers=layers)
+    return space_of(replace(cfg, space=own), in_channels, num_classes).network(arch, bn_affine=True)
 
 
 class TrainRun:
