@@ -2,7 +2,8 @@
 
 A cell is a DAG: each `Edge` carries one operation from node `src` to node `dst`. An `Architecture` holds one `Cell` per
 cell type ("cell" for NAS-Bench-201; "normal" and "reduce" for the DARTS space) and the name of its search space.
-Text codecs (the NAS-Bench-201 arch string here, the DARTS genotype in `genotype.py`) parse with a grammar and never
+Text codecs (the NAS-Bench-201 arch string here, the DARTS genotype in `genotype.py`, the MobileNet layer list in
+`mobilenet_text.py`, where each stage is a cell whose edges i->i+1 are its layers) parse with a grammar and never
 `eval` anything.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import UserError
 from .files import read_json
 from .genotype import SPACE as DARTS_SPACE
 from .genotype import parse_genotype_cells, to_genotype_string, validate_darts
+from . import mobilenet_text as mbtext
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NB201_NODES = 4  # node 0 is the cell input, node 3 its output
@@ -126,6 +128,8 @@ class Architecture:
     def __str__(self) -> str:
         if self.space == EXTERNAL_SPACE:
             return "; ".join(f"{ct}: " + " ".join(f"{e.src}->{e.dst} {e.op}" for e in c.edges) for ct, c in self.cells)
+        if self.space == mbtext.SPACE:
+            return mbtext.format_stages(mobilenet_stages(self))
         return self.to_nb201_string() if self.space == "nb201" else to_genotype_string(self)
 
 
@@ -169,6 +173,29 @@ def parse_genotype(text: str) -> Architecture:
                                            for ct, (edges, concat) in cells.items()))
 
 
+def parse_mobilenet(text: str) -> Architecture:
+    """The Architecture of `mobilenet:...` (mobilenet_text.py holds the grammar and rules): one cell per stage."""
+    return mobilenet_architecture(mbtext.parse_stages(text))
+
+
+def mobilenet_architecture(stages: list[list[str]]) -> Architecture:
+    """Stage s becomes cell `stage{s}`, its layer i the edge i->i+1."""
+    return Architecture(mbtext.SPACE, tuple((ct, Cell(tuple(Edge(i, i + 1, op) for i, op in enumerate(ops))))
+                                            for ct, ops in zip(mbtext.CELL_TYPES, stages)))
+
+
+def mobilenet_stages(arch: Architecture) -> list[list[str]]:
+    """Each stage's op names, layer by layer; an Architecture that is not a chain of layers per stage is refused."""
+    if arch.cell_types != mbtext.CELL_TYPES:
+        raise UserError(f"a mobilenet architecture has the cell types {', '.join(mbtext.CELL_TYPES)} in this order")
+    stages = []
+    for ct, cell in arch.cells:
+        if [(e.src, e.dst) for e in cell.edges] != [(i, i + 1) for i in range(len(cell.edges))] or cell.concat:
+            raise UserError(f"a mobilenet architecture's {ct} must list its layers as edges 0->1, 1->2, ... in order")
+        stages.append([e.op for e in cell.edges])
+    return stages
+
+
 def _is_ascii_int(text: str, max_digits: int) -> bool:
     """Only 0-9 (str.isdigit also accepts '²' and Arabic-Indic digits, which int() rejects or reads as numbers)."""
     return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
@@ -195,13 +222,16 @@ def validate(arch: Architecture) -> None:
     if arch.space == DARTS_SPACE:  # every DARTS-family space (darts, darts-7, darts-s1..s4) writes "darts" cells
         validate_darts(arch)
         return
+    if arch.space == mbtext.SPACE:
+        mbtext.check_stages(mobilenet_stages(arch))
+        return
     if arch.space == EXTERNAL_SPACE:  # a supernet of the user's own (interop/external.py): no rules to check
         return
-    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201, darts, {EXTERNAL_SPACE}")
+    raise UserError(f"unknown architecture space {arch.space!r}; known: nb201, darts, {mbtext.SPACE}, {EXTERNAL_SPACE}")
 
 
 def load_architecture(spec: str) -> Architecture:
-    """An architecture from a JSON file path, a NAS-Bench-201 string or a DARTS genotype string."""
+    """An architecture from a JSON file path, a NAS-Bench-201 string, a DARTS genotype or a MobileNet layer list."""
     s = spec.strip()
     if len(s) > MAX_ARCH_TEXT:
         raise UserError(f"an architecture of {len(s)} characters is too long (at most {MAX_ARCH_TEXT})")
@@ -209,6 +239,8 @@ def load_architecture(spec: str) -> Architecture:
         return parse_nb201(s)
     if s.startswith("Genotype"):
         return parse_genotype(s)
+    if s.startswith(mbtext.PREFIX):
+        return parse_mobilenet(s)
     shown = spec if len(spec) <= 80 else spec[:77] + "..."
     path = Path(spec)
     try:
@@ -216,7 +248,8 @@ def load_architecture(spec: str) -> Architecture:
     except (OSError, ValueError):  # a name longer than the file system allows, ...
         is_file = False
     if not is_file:
-        raise UserError(f"{shown!r} is neither an architecture file, a NAS-Bench-201 string nor a genotype")
+        raise UserError(f"{shown!r} is neither an architecture file, a NAS-Bench-201 string, a genotype nor "
+                        f"a {mbtext.PREFIX}... layer list")
     try:
         obj = read_json(path, "architecture file")
     except UserError as e:

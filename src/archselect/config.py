@@ -22,7 +22,7 @@ from .executors import EXECUTORS
 
 @dataclass
 class SpaceConfig:
-    name: str = "nb201"          # nb201 | darts (and its variants)
+    name: str = "nb201"          # nb201 | darts (and its variants) | mobilenet
     C: int = 16                  # initial channels
     N: int = 5                   # cells per stage (nb201) / cells in total (darts)
     bn_affine: bool = False      # affine BN inside candidate ops (the papers' supernets: False)
@@ -35,6 +35,10 @@ class SpaceConfig:
     pool_bn: bool = True         # BN(affine=False) after the supernet's pooling ops, as original DARTS
     recompute: bool = True       # recompute the supernet's depthwise-pointwise conv outputs in backward instead of
                                  # storing them: same numbers, ~25% less memory, ~10% more time
+    # mobilenet (ProxylessNAS' space) only:
+    resolution: int = 224        # stride layout: 224 (ImageNet, 32x downsampling) | 32 (CIFAR: stem, stage 1 stride 1)
+    width_mult: float = 1.0      # scales every width (multiples of 8)
+    stage_layers: list[int] | None = None  # layers in each of the 6 stages; None: the paper's [4, 4, 4, 4, 4, 1]
 
 
 @dataclass

@@ -98,6 +98,8 @@ def build_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_clas
     default settings: the cells name their ops, so the search's space variant and supernet options (partial
     channels, BN policy) do not apply."""
     t = cfg.train
+    if arch.space == "mobilenet":
+        return _mobilenet_network(cfg, arch, in_channels, num_classes)
     space = space_of(replace(cfg, space=SpaceConfig(name=arch.space, C=t.C, N=t.N)), in_channels, num_classes)
     if arch.space == "nb201":
         if imagenet:
@@ -117,6 +119,18 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.opti
     if t.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.epochs, 1), eta_min=t.lr_min)
+
+
+def _mobilenet_network(cfg: RunConfig, arch: Architecture, in_channels: int, num_classes: int) -> nn.Module:
+    """A MobileNet at the config's space.resolution and space.width_mult, with the architecture's own layers per
+    stage (train.C and train.N do not apply)."""
+    t, s = cfg.train, cfg.space
+    if t.auxiliary_weight or t.drop_path:
+        raise UserError("MobileNet networks have no auxiliary head and no drop-path: "
+                        "set train.auxiliary_weight=0 and train.drop_path=0")
+    layers = [len(cell.edges) for _, cell in arch.cells]
+    own = SpaceConfig(name=arch.space, resolution=s.resolution, width_mult=s.width_mult, stage_layers=layers)
+    return space_of(replace(cfg, space=own), in_channels, num_classes).network(arch, bn_affine=True)
 
 
 class TrainRun:
