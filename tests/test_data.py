@@ -426,7 +426,8 @@ def test_unknown_dataset_and_split():
         load_dataset("cifar11", "train")
     with pytest.raises(UserError, match="train, test"):
         load_dataset("digits", "valid")
-    assert set(DATASETS) == {"fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet16-120", "digits"}
+    assert set(DATASETS) == {"fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet16-120", "digits", "svhn",
+                             "imagenet"}
 
 
 def test_digits():
