@@ -174,3 +174,17 @@ class Supernet(nn.Module, abc.ABC):
                     w[i, self.op_names.index(op)] = 1.0
             out[ct] = w
         return out
+
+
+@torch.no_grad()
+def inherit_weights(network_body: nn.Module, supernet_body: nn.Module, skip: tuple[str, ...] = ()) -> None:
+    """A discrete network's body takes every weight and BN statistic it shares by name with the supernet's body (the
+    spaces build both from the same modules); tensors whose names start with `skip` keep their values (e.g. an
+    auxiliary head the supernet lacks)."""
+    source = supernet_body.state_dict()
+    own = {k: v for k, v in network_body.state_dict().items() if not k.startswith(skip)} if skip else \
+        network_body.state_dict()
+    missing = [k for k in own if k not in source or source[k].shape != own[k].shape]
+    if missing:
+        raise ValueError(f"supernet lacks {len(missing)} tensors of this network, e.g. {missing[0]}")
+    network_body.load_state_dict({k: source[k] for k in own}, strict=not skip)

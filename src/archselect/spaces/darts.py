@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..arch import Architecture, Cell, Edge
 from ..errors import UserError
 from ..genotype import CELL_TYPES, CONCAT, EDGES, INPUTS, NODES, SPACE, SPACE_OPS, STEPS, validate_darts
-from ..supernet import Plan, Supernet, Weight, weighted_sum
+from ..supernet import Plan, Supernet, Weight, inherit_weights, weighted_sum
 from .darts_imagenet import AuxiliaryHeadImageNet, ImageNetStem
 from .mixed import Fan, MixedEdge
 from .ops import DilConv, FactorizedReduce, ReLUConvBN, SepConv, bn, scaled_bn
@@ -331,12 +331,7 @@ class DARTSNetwork(nn.Module):
     def load_from_supernet(self, supernet: DARTSSupernet) -> None:
         """Inherit every weight and BN statistic of this network from the supernet (the auxiliary head stays as
         initialised: the supernet has none)."""
-        source = supernet.body.state_dict()
-        own = {k: v for k, v in self.body.state_dict().items() if not k.startswith("auxiliary.")}
-        missing = [k for k in own if k not in source or source[k].shape != own[k].shape]
-        if missing:
-            raise ValueError(f"supernet lacks {len(missing)} tensors of this network, e.g. {missing[0]}")
-        self.body.load_state_dict({k: source[k] for k in own}, strict=False)
+        inherit_weights(self.body, supernet.body, skip=("auxiliary.",))
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..arch import Architecture, mobilenet_architecture, mobilenet_stages
 from ..errors import UserError
 from ..mobilenet_text import CELL_TYPES, MAX_LAYERS, OPS, STAGES, kernel_and_expansion
-from ..supernet import Plan, Supernet, weighted_sum
+from ..supernet import Plan, Supernet, inherit_weights, weighted_sum
 from .ops import bn
 
 # ProxylessNAS' mobile space: stem widths (first conv, expansion-1 block), (width, layers, first stride) per stage,
@@ -199,12 +199,7 @@ class MobileNetNetwork(nn.Module):
     @torch.no_grad()
     def load_from_supernet(self, supernet: MobileNetSupernet) -> None:
         """Inherit every weight and BN statistic whose name this network shares with the supernet."""
-        source = supernet.body.state_dict()
-        own = self.body.state_dict()
-        missing = [k for k in own if k not in source or source[k].shape != own[k].shape]
-        if missing:
-            raise ValueError(f"supernet lacks {len(missing)} tensors of this network, e.g. {missing[0]}")
-        self.body.load_state_dict({k: source[k] for k in own})
+        inherit_weights(self.body, supernet.body)
 
 
 @dataclass

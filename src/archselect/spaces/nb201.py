@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..arch import NB201_NODES, NB201_OPS, Architecture, Cell, Edge
-from ..supernet import Plan, Supernet, weighted_sum
+from ..supernet import Plan, Supernet, inherit_weights, weighted_sum
 from .mixed import Fan, MixedEdge, plain_fan, term_order
 from .ops import ReLUConvBN, bn
 
@@ -144,12 +144,7 @@ class NB201Network(nn.Module):
     @torch.no_grad()
     def load_from_supernet(self, supernet: NB201Supernet) -> None:
         """Inherit every weight and BN statistic whose name this network shares with the supernet."""
-        source = supernet.body.state_dict()
-        own = self.body.state_dict()
-        missing = [k for k in own if k not in source or source[k].shape != own[k].shape]
-        if missing:
-            raise ValueError(f"supernet lacks {len(missing)} tensors of this network, e.g. {missing[0]}")
-        self.body.load_state_dict({k: source[k] for k in own})
+        inherit_weights(self.body, supernet.body)
 
 
 @dataclass
