@@ -33,7 +33,9 @@ def test_search_killed_at_random_moments(tmp_path, seed, capsys):
     assert result["architecture"] == json.loads((reference / "result.json").read_text())["architecture"]
 
 
-@pytest.mark.parametrize("optimizer", ["drnas", "beta-darts", "darts-minus"])
+# DrNAS (random draws every step) in the default run; the two schedule-only ones with `make test-slow` (45 s each)
+@pytest.mark.parametrize("optimizer", ["drnas", *(pytest.param(o, marks=pytest.mark.slow)
+                                                  for o in ("beta-darts", "darts-minus"))])
 def test_search_with_each_new_optimizer_killed_and_resumed(tmp_path, optimizer, capsys):
     """The optimizers' own state across a kill: DrNAS' Dirichlet draws (the checkpointed RNG), β-DARTS' λ and
     DARTS−' auxiliary-skip β (the checkpointed schedule position), over 4 epochs so that both schedules move."""
