@@ -22,6 +22,7 @@ class TensorLoader:
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
         self.channels_last = channels_last
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) of the last epoch used
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.labels), self.batch_size, self.drop_last)
@@ -33,13 +34,19 @@ class TensorLoader:
     def batch(self, epoch: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < len(self):
             raise IndexError(f"batch {k} out of range: an epoch has {len(self)} batches")
-        n = len(self.labels)
-        order = torch.randperm(n, generator=_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
-        idx = order[k * self.batch_size:(k + 1) * self.batch_size].to(self.device)
+        idx = self._permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         x = self.images[idx]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[idx]
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's order, drawn once per epoch (not once per batch)."""
+        if self._order is None or self._order[0] != epoch:
+            n = len(self.labels)
+            perm = torch.randperm(n, generator=_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+            self._order = (epoch, perm.to(self.device))
+        return self._order[1]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for k in range(start, len(self)):

@@ -58,7 +58,7 @@ class ExternalSupernet(Supernet):
         with torch.no_grad():
             for ct in self.cell_types:
                 source = model.alphas[ct].detach()
-                self.alphas[ct].data = source.clone().to(source.dtype)
+                self.alphas[ct].data = source.clone()  # the model's own dtype
         self.model = model
         self._alpha_ids = {id(a) for a in model.alphas.values()}
 
