@@ -8,12 +8,14 @@ On its supernet the `shapley` selector runs, in process and single-threaded:
   antithetic   M permutations as M/2 pairs (π, reverse π), R seeds
   kernel       M batches of KernelSHAP coalitions, the count per batch set so that its forward passes match the
                permutation rows' median, R seeds
+  stratified   M permutations drawn together, each player's removal time stratified over them, R seeds
 
 Columns (medians over the R seeds, except the spread): forward passes (the Cost of the selection, the budget that
 is compared); stderr = the estimator's own standard error, averaged over players; spread = the standard deviation of
 φ̂ over the R seeds, averaged over players (the variance each estimator really has); var/pass gain = (spread² x
 passes) of permutation over the same of the row, i.e. how many times fewer passes it needs for one variance;
-agree = the fraction of edges whose chosen op (argmax of the scores) is the reference's; seconds (noisy: shared CPU).
+rmse = the root mean square distance of φ̂ from the reference's φ (variance and bias, the reference's own noise
+included); agree = the fraction of edges whose chosen op (argmax of the scores) is the reference's; seconds (noisy: shared CPU).
 Truncation (`threshold`, 0.5) applies to permutation, antithetic and the reference; kernel estimates the untruncated
 Shapley value, so its agreement with a truncated reference also measures truncation's bias.
 
@@ -54,10 +56,12 @@ def select(ctx, seed: int, options: dict):
     return scores, stderr, s.cost.forward, s.cost.seconds
 
 
-def summarise(name: str, runs: list, reference: torch.Tensor, enabled: torch.Tensor) -> dict:
+def summarise(name: str, runs: list, reference: torch.Tensor, ref_scores: torch.Tensor, enabled: torch.Tensor
+              ) -> dict:
     scores = torch.stack([r[0] for r in runs])
     choice = scores.masked_fill(~enabled, -float("inf")).argmax(-1)
     return {"estimator": name, "passes": statistics.median(r[2] for r in runs),
+            "rmse": float(((scores - ref_scores)[:, enabled] ** 2).mean().sqrt()),
             "stderr": statistics.median(float(r[1][enabled].mean()) for r in runs),
             "spread": float(scores.std(0)[enabled].mean()),
             "agree": float((choice == reference).double().mean()),
@@ -90,18 +94,19 @@ def main() -> None:
     coalitions = max(2, 2 * round(per_batch / 2))
     rows["kernel"] = [select(ctx, s, {**common, "permutations": m, "estimator": "kernel", "coalitions": coalitions})
                       for s in seeds]
-    table = [summarise(name, r, reference, enabled) for name, r in rows.items()]
+    rows["stratified"] = [select(ctx, s, {**common, "permutations": m, "estimator": "stratified"}) for s in seeds]
+    table = [summarise(name, r, reference, ref_scores, enabled) for name, r in rows.items()]
     base = table[0]["spread"] ** 2 * table[0]["passes"]
     print(f"shapley on {run.path} ({int(enabled.sum())} players), batch {args.batch_size}; reference: "
           f"{args.reference} permutations, {ref_passes} passes; {args.repeats} seeds, M = {m} "
           f"(kernel: {coalitions} coalitions per batch)\n")
-    print("| estimator | forward passes | mean stderr | spread over seeds | var/pass gain | agree with reference "
-          "| seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| estimator | forward passes | mean stderr | spread over seeds | var/pass gain | rmse vs reference "
+          "| agree with reference | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for t in table:
         gain = base / (t["spread"] ** 2 * t["passes"])
         print(f"| {t['estimator']} | {t['passes']:.0f} | {t['stderr']:.4f} | {t['spread']:.4f} | {gain:.2f}x "
-              f"| {t['agree']:.2f} | {t['seconds']:.1f} |")
+              f"| {t['rmse']:.4f} | {t['agree']:.2f} | {t['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

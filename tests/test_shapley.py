@@ -19,7 +19,7 @@ from archselect.selection.magnitude import Magnitude
 from archselect.selection.shapley import ShapleySelector
 from archselect.scoring.shapley import (ShapleyOptions, antithetic_contributions, batch_source, estimate,
                                           exact_shapley, kernel_coalitions, kernel_row, kernel_sizes, permutation,
-                                          removal_contributions)
+                                          removal_contributions, stratified_permutation)
 from archselect.spaces.nb201 import EDGES, NB201Space
 from archselect.supernet import Supernet, weighted_sum
 
@@ -103,6 +103,35 @@ def test_antithetic_pair_is_exact_up_to_pairwise_interactions_and_converges():
 
     assert error(1500) < 0.05 < error(1)
     assert error(24) == pytest.approx(0.0, abs=1e-12) or error(24) < error(1)
+
+
+def test_stratified_permutations_stratify_each_players_key_and_stay_unbiased():
+    n, rows = 6, 8
+    orders = [stratified_permutation(n, 3, j, rows) for j in range(rows)]
+    assert orders == [stratified_permutation(n, 3, j, rows) for j in range(rows)]  # a pure function of (seed, j, rows)
+    assert all(sorted(o) == list(range(n)) for o in orders) and len({tuple(o) for o in orders}) > 1
+    # every player is among the first half removed in exactly half the rows up to the jitter of one stratum
+    for i in range(n):
+        early = sum(o.index(i) < n // 2 for o in orders)
+        assert 2 <= early <= 6
+    # unbiased: the mean over many independent draws (seeds) of the M-row estimate is the Shapley value
+
+    def estimate_once(seed, value=cubic):
+        return torch.tensor([removal_contributions(each(lambda p: value(frozenset(i for i in PLAYERS if p[i]))), 4,
+                                                   stratified_permutation(4, seed, j, 4), -math.inf).contributions
+                             for j in range(4)], dtype=torch.float64).mean(0)
+
+    mean = torch.stack([estimate_once(seed) for seed in range(600)]).mean(0)
+    assert (mean - exact_vector(cubic)).abs().max().item() < 0.05
+    # a game where a player's contribution depends on its removal time only: stratification beats independent draws
+    def timed(seed, draw):
+        rows = [removal_contributions(each(lambda p: float(sum(p) ** 2)), 4, draw(seed, j), -math.inf).contributions
+                for j in range(4)]
+        return torch.tensor(rows, dtype=torch.float64).mean(0)
+
+    strat = torch.stack([timed(s, lambda s, j: stratified_permutation(4, s, j, 4)) for s in range(200)]).var(0).mean()
+    plain = torch.stack([timed(s, lambda s, j: permutation(4, s, j)) for s in range(200)]).var(0).mean()
+    assert strat < plain / 2
 
 
 def all_coalitions(n):
@@ -222,7 +251,7 @@ def planted_context(workdir=None):
                         valid_set=planted_set(256, 1), eval_batch=128)
 
 
-@pytest.mark.parametrize("estimator", ["permutation", "antithetic", "kernel"])
+@pytest.mark.parametrize("estimator", ["permutation", "antithetic", "kernel", "stratified"])
 def test_shapley_finds_the_planted_op_that_alpha_misses(estimator):
     ctx = planted_context()
     assert Magnitude().select(ctx).architecture.cell("cell").op_on(0, 3) == "skip_connect"
@@ -258,7 +287,7 @@ def test_estimate_options():
             ShapleySelector(bad)
 
 
-@pytest.mark.parametrize("estimator", ["antithetic", "kernel"])
+@pytest.mark.parametrize("estimator", ["antithetic", "kernel", "stratified"])
 def test_estimators_on_a_supernet_are_efficient_per_row(estimator):
     ctx = tiny_context()
     random_alphas(ctx.supernet)
@@ -268,7 +297,8 @@ def test_estimators_on_a_supernet_are_efficient_per_row(estimator):
     rows = 2 if estimator == "antithetic" else 4
     assert est.contributions.shape == (rows, 30) and est.stderr().shape == (30,)
     assert est.removed == ([60] * 2 if estimator == "antithetic" else [30] * 4)  # kernel: coalitions per batch
-    assert 0 < cost.forward <= (2 * 31 - 1) * 2 if estimator == "antithetic" else 0 < cost.forward <= 32 * 4
+    passes = {"antithetic": (2 * 31 - 1) * 2, "kernel": 32 * 4, "stratified": 31 * 4}[estimator]
+    assert 0 < cost.forward <= passes
     zero = {"cell": torch.zeros(6, 5)}
     for j, (row, full) in enumerate(zip(est.contributions, est.full)):
         batches = shapley_mod._fresh_batches(batch_source(ctx.valid, o, 0), j, 1)
@@ -278,6 +308,7 @@ def test_estimators_on_a_supernet_are_efficient_per_row(estimator):
 
 @pytest.mark.parametrize("estimator, killed, resumed_after", [("permutation", "removal_contributions", 2),
                                                                  ("antithetic", "removal_contributions", 1),
+                                                                 ("stratified", "removal_contributions", 2),
                                                                  ("kernel", "kernel_row", 2)])
 def test_kill_and_resume_gives_identical_estimates(tmp_path, monkeypatch, estimator, killed, resumed_after):
     opts = {"permutations": 4, "batch_size": 32, "estimator": estimator, "coalitions": 10}
@@ -328,7 +359,7 @@ def test_alpha_update_normalises_and_keeps_momentum():
     assert torch.equal(other.m["cell"], m1) and other.cost == opt.cost
 
 
-@pytest.mark.parametrize("estimator", ["antithetic", "kernel"])
+@pytest.mark.parametrize("estimator", ["antithetic", "kernel", "stratified"])
 def test_search_mode_takes_each_estimator(estimator):
     ctx = tiny_context()
     cfg = SearchConfig(optimizer="shapley", epochs=2, options={"permutations": 2, "batch_size": 32,
@@ -336,7 +367,7 @@ def test_search_mode_takes_each_estimator(estimator):
     opt = ShapleySearch(ctx.supernet, cfg, len(ctx.train))
     alpha = ctx.supernet.alphas["cell"].detach().clone()
     info = opt.start_epoch(1, ctx.valid)
-    assert 0 < info["shapley_forward"] <= (2 * 31 - 1 if estimator == "antithetic" else 2 * 8)
+    assert 0 < info["shapley_forward"] <= {"antithetic": 2 * 31 - 1, "kernel": 2 * 8, "stratified": 2 * 31}[estimator]
     assert not torch.equal(ctx.supernet.alphas["cell"].detach(), alpha)
 
 

@@ -84,6 +84,7 @@ class SearchConfig:
 class SelectConfig:
     selectors: list[str] = field(default_factory=lambda: ["magnitude"])
     options: dict = field(default_factory=dict)  # {selector name: {option: value}}, validated by each selector
+    variants: dict = field(default_factory=dict)  # {label: {selector: NAME, option: value}}: selection/variants.py
     workers: int = 1              # split Shapley permutations and DARTS-PT candidate evaluations over this many workers
     executor: str = "sequential"  # where those workers run: sequential (in turn, here; same results) | ray
 

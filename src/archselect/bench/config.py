@@ -7,6 +7,7 @@ coordinates (`space.name`, `search.optimizer`, `seed`, the selectors).
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..config import RunConfig, apply_overrides, build, check, read_yaml
 from ..errors import UserError
 from ..executors import EXECUTORS
 from ..optimizers import OPTIMIZERS
-from ..selection import SELECTORS
+from ..selection.variants import make_selectors
 from ..spaces import SPACES
 from .retrain import MISSING, available
 
@@ -63,7 +64,8 @@ class BenchConfig:
     spaces: list[str | AxisEntry] = field(default_factory=lambda: ["nb201"])
     optimizers: list[str | AxisEntry] = field(default_factory=lambda: ["darts"])
     splits: list[str | AxisEntry] = field(default_factory=lambda: ["none"])  # split.method: none | gm | exhaustive
-    selectors: list[str] = field(default_factory=lambda: ["magnitude"])
+    selectors: list[str] = field(default_factory=lambda: ["magnitude"])  # registered selectors or run.select.variants
+    exclude: list[dict] = field(default_factory=list)   # groups left out, e.g. {optimizer: shapley, split: gm}
     executor: str = "sequential"                        # sequential (one group after another) | ray (parallel groups)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
@@ -111,7 +113,39 @@ def _check(cfg: BenchConfig) -> None:
     if cfg.retrain.enabled:
         if not available():
             raise UserError(MISSING)
+    check_exclude(cfg)
     check_registered(cfg)
+
+
+EXCLUDE_AXES = ("space", "optimizer", "split", "seed")
+
+
+def axis_values(cfg: BenchConfig) -> dict[str, list]:
+    return {"space": [e.key for e in cfg.spaces], "optimizer": [e.key for e in cfg.optimizers],
+            "split": [e.key for e in cfg.splits], "seed": list(cfg.seeds)}
+
+
+def check_exclude(cfg: BenchConfig) -> None:
+    """Each `exclude` entry names values (labels) of the axes; a value no axis has is a typo, not a no-op."""
+    values = axis_values(cfg)
+    for i, rule in enumerate(cfg.exclude):
+        where = f"bench exclude[{i}]"
+        if not isinstance(rule, dict) or not rule:
+            raise UserError(f"{where} must map axes ({', '.join(EXCLUDE_AXES)}) to a value, e.g. "
+                            f"{{optimizer: shapley, split: gm}}")
+        for axis, value in rule.items():
+            if axis not in EXCLUDE_AXES:
+                raise UserError(f"{where}: unknown axis {axis!r}; choose from {', '.join(EXCLUDE_AXES)}")
+            if value not in values[axis]:
+                raise UserError(f"{where}: {axis} {value!r} is not in the bench's {axis}s "
+                                f"({', '.join(map(str, values[axis]))})")
+    if all(excluded(cfg, dict(zip(EXCLUDE_AXES, c))) for c in itertools.product(*values.values())):
+        raise UserError("bench exclude leaves no group to run")
+
+
+def excluded(cfg: BenchConfig, coordinates: dict[str, Any]) -> bool:
+    """Whether a group at these coordinates (axis -> label) matches an `exclude` entry (every key of it)."""
+    return any(all(coordinates[a] == v for a, v in rule.items()) for rule in cfg.exclude)
 
 
 def check_registered(cfg: BenchConfig) -> None:
@@ -120,10 +154,9 @@ def check_registered(cfg: BenchConfig) -> None:
     for registry, entries in ((SPACES, cfg.spaces), (OPTIMIZERS, cfg.optimizers)):
         for e in entries:
             registry.get(e.name)  # UserError naming the unknown entry and the known ones
-    for name in cfg.selectors:
-        SELECTORS.get(name)
     for split in cfg.splits:  # builds a run config per split: validates `run` and the split method before any work
-        run_config(cfg, cfg.spaces[0], cfg.optimizers[0], split, cfg.seeds[0])
+        run = run_config(cfg, cfg.spaces[0], cfg.optimizers[0], split, cfg.seeds[0])
+        make_selectors(cfg.selectors, run.select)  # selectors and variants (run.select.variants), with their options
 
 
 def run_config(cfg: BenchConfig, space: AxisEntry, optimizer: AxisEntry, split: AxisEntry, seed: int) -> RunConfig:

@@ -16,7 +16,7 @@ from ..config import RunConfig, to_dict
 from ..errors import UserError
 from ..runs import BenchDir, RunDir
 from ..selection.stage import selection_done
-from .config import AxisEntry, BenchConfig, run_config
+from .config import AxisEntry, BenchConfig, excluded, run_config
 
 # Keys that may change between invocations without invalidating finished work (where and how fast it runs, and which
 # selectors are wanted: each selector's output is its own file).
@@ -36,9 +36,11 @@ class Group:
 
 
 def groups(cfg: BenchConfig) -> list[Group]:
-    """Every supernet group, seed-major: after the first seed every method has one result."""
-    return [Group(sp, opt, spl, seed) for seed, sp, opt, spl in
-            itertools.product(cfg.seeds, cfg.spaces, cfg.optimizers, cfg.splits)]
+    """Every supernet group not excluded, seed-major: after the first seed every method has one result."""
+    every = [Group(sp, opt, spl, seed) for seed, sp, opt, spl in
+             itertools.product(cfg.seeds, cfg.spaces, cfg.optimizers, cfg.splits)]
+    return [g for g in every if not excluded(cfg, {"space": g.space.key, "optimizer": g.optimizer.key,
+                                                     "split": g.split.key, "seed": g.seed})]
 
 
 def group_job(cfg: BenchConfig, group: Group, out: Path, device: str | None = None) -> dict[str, Any]:

@@ -51,9 +51,35 @@ PUBLISHED: tuple[Published, ...] = (
         "cifar10_valid": (91.10, 1.04), "cifar10_test": (92.77, 0.83), "cifar100_test": (69.34, 1.98),
         "imagenet16_valid": (42.84, 1.79), "imagenet16_test": (43.16, 2.64)},
         "as quoted in RZ-NAS Table 2 (second-hand)", (("snas", "none", "magnitude"),)),
-    Published("DrNAS", "nb201", f"{NB201_SEARCH}; DrNAS", {
+    Published("DrNAS", "nb201", f"{NB201_SEARCH}; DrNAS (plain train_search.py on NB201, 100 epochs, per the "
+              "authors' replies in DrNAS issues #8 and #9)", {
         "cifar10_valid": (91.55, 0.0), "cifar10_test": (94.36, 0.0), "cifar100_test": (73.51, 0.0),
-        "imagenet16_valid": (46.37, 0.0), "imagenet16_test": (46.34, 0.0)}, "as quoted in RZ-NAS Table 2 (second-hand)"),
+        "imagenet16_valid": (46.37, 0.0), "imagenet16_test": (46.34, 0.0)},
+        "DrNAS official README (xiangning-chen/DrNAS, 'On NAS-Bench-201': test 94.36 ± 0.00, 73.51 ± 0.00, 46.34 ± "
+        "0.00); the valid columns as reprinted in GENIUS (arXiv 2304.10970) Table 1 (second-hand)",
+        (("drnas", "none", "magnitude"),),
+        note="two users report C100 ~70.5-70.9 when rerunning (DrNAS issues #9, #10)"),
+    Published("β-DARTS", "nb201", f"{NB201_SEARCH}; β-DARTS (beta-decay regularisation)", {
+        "cifar10_valid": (91.55, 0.0), "cifar10_test": (94.36, 0.0), "cifar100_test": (73.51, 0.0),
+        "imagenet16_valid": (46.37, 0.0), "imagenet16_test": (46.34, 0.0)},
+        "as reprinted in GENIUS (arXiv 2304.10970) Table 1 and RZ-NAS Table 2 (second-hand)", (("beta-darts", "none", "magnitude"),),
+        note="the same cell as DrNAS' (GENIUS notes DrNAS, β-DARTS and Λ-DARTS rows are identical)"),
+    Published("DARTS−", "nb201", f"{NB201_SEARCH}; DARTS− (auxiliary skip connection, decaying β)", {
+        "cifar10_valid": (91.03, 0.44), "cifar10_test": (93.80, 0.40), "cifar100_test": (71.53, 1.51),
+        "imagenet16_valid": (44.87, 1.46), "imagenet16_test": (45.12, 0.82)},
+        "as reprinted in MathNAS (NeurIPS 2023) Table 8 and CoLLM-NAS Table 4 (second-hand)", (("darts-minus", "none", "magnitude"),)),
+    Published("Zero-Cost-PT with NASWOT (ZiCo's re-implementation)", "nb201",
+              "untrained NB201 supernet, perturbation with a zero-cost proxy; 5 runs", {
+                  "cifar10_test": (93.42, 0.07), "cifar100_test": (70.77, 0.51), "imagenet16_test": (45.11, 0.26)},
+              "ZiCo (ICLR 2023) Appendix F.2 Table 8, 'Zero-PT+NASWOT'; ZiCo wrote its own Zero-PT before the "
+              "official code was released, and its description differs from that code",
+              (("*", "none", "zero-cost"), ("*", "none", "zc-nwot")),
+              note="not the authors' own numbers: their NB201 table could not be read here"),
+    Published("Zero-Cost-PT with synflow (ZiCo's re-implementation)", "nb201",
+              "untrained NB201 supernet, perturbation with a zero-cost proxy; 5 runs", {
+                  "cifar10_test": (87.68, 0.16), "cifar100_test": (58.92, 0.17), "imagenet16_test": (32.20, 0.0)},
+              "ZiCo (ICLR 2023) Appendix F.2 Table 8, 'Zero-PT+Synflow'", (("*", "none", "zc-synflow"),),
+              note="not the authors' own numbers"),
     # DARTS space, CIFAR-10 test error (%) after retraining C36, 20 cells, 600 epochs.
     Published("DARTS (1st order)", "darts", "CIFAR-10 search, C16 8 cells, 50 epochs; retrain C36 20 cells 600 epochs",
               {"cifar10_test_error": (3.00, 0.14)}, "DARTS-PT (ICLR 2021 submission) Table 2, the DARTS row",

@@ -24,7 +24,7 @@ from ..interop.external import ExternalSpace, ExternalSupernet
 from ..optimizers import OPTIMIZERS
 from ..registry import Registry
 from ..runs import discard_if_stillborn, manifest
-from ..selection import SELECTORS
+from ..selection.variants import check_variants, make_selector
 from ..selection.base import Selection, SelectionContext
 from ..supernet import Supernet
 from .stages import Overrides, Run, _started, _writing, new_run, override_list
@@ -90,15 +90,20 @@ def _format_options(fmt: str, texts: list[str]) -> tuple[dict[str, str], list[st
 def select_supernet(model: Any, selectors: str | Sequence[str], *, valid: Any, train: Any = None,
                     space: Any = None, options: Mapping[str, Mapping[str, Any]] | None = None,
                     search: SearchConfig | Mapping[str, Any] | None = None, optimizer: str | None = None,
-                    seed: int = 0, device: str = "cpu") -> dict[str, Selection]:
+                    seed: int = 0, device: str = "cpu", variants: Mapping[str, Mapping[str, Any]] | None = None
+                    ) -> dict[str, Selection]:
     """Selectors on a supernet you built: a model implementing the protocol of `archselect.interop.external`
     (or wrapped by `darts_style`), or an archselect supernet with its `space`. `valid` (scoring) and `train`
     (fine-tuning, for perturbation) are iterables of (images, labels) batches, or archselect loaders. `options`:
-    per selector, e.g. {"shapley": {"permutations": 5}}; `search`: the fine-tuning's search.* settings; `optimizer`:
-    the optimizer that trained α, when known (magnitude and perturbation read its capabilities). Nothing is written;
+    per selector, e.g. {"shapley": {"permutations": 5}}; `variants`: labelled settings of a selector, e.g.
+    {"zc-synflow": {"selector": "zero-cost", "proxy": "synflow"}} (selection/variants.py); `search`: the
+    fine-tuning's search.* settings; `optimizer`: the optimizer that trained α, when known (magnitude and perturbation read its capabilities). Nothing is written;
     each Selection is returned, in the order asked."""
     names = [selectors] if isinstance(selectors, str) else list(selectors)
-    classes = [SELECTORS.get(n) for n in names]
+    variants = {k: dict(v) for k, v in (variants or {}).items()}
+    opts = {k: dict(v) for k, v in (options or {}).items()}
+    check_variants(variants)
+    chosen = [make_selector(n, opts, variants) for n in names]  # every name checked before any work
     dev = choose_device(device)
     if isinstance(model, Supernet) and not isinstance(model, ExternalSupernet):
         if space is None:
@@ -113,8 +118,7 @@ def select_supernet(model: Any, selectors: str | Sequence[str], *, valid: Any, t
                            dev, seed, search=search_cfg,
                            optimizer=OPTIMIZERS.get(optimizer) if optimizer is not None else None)
     out = {}
-    for cls, name in zip(classes, names):
-        selector = cls(dict((options or {}).get(name, {})))
+    for selector, name in zip(chosen, names):
         seed_everything(seed)
         out[name] = selector.select(ctx)
         log.info(f"  {name}: {out[name].architecture}")

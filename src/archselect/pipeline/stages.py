@@ -43,6 +43,7 @@ from ..optimizers.loop import SearchRun, train_supernet
 from ..selection.base import Selection
 from ..selection.comparison import Comparison
 from ..selection.stage import load_selections, run_selectors, selection_done
+from ..selection.variants import make_selectors
 
 log = logging.getLogger(__name__)
 Overrides = Mapping[str, Any] | Sequence[str]
@@ -163,6 +164,7 @@ def search(config: str | Path | RunConfig | None = None, out: str | Path | None 
     if selectors:
         cfg.select.selectors = list(selectors)
     check(cfg)
+    make_selectors(cfg.select.selectors, cfg.select)  # an unknown selector or a bad option fails before training
     pool = None
     if executor != "sequential" or ray_address:
         if cfg.split.method == "none":
@@ -273,6 +275,7 @@ def search_seeds(config: str | Path | RunConfig | None = None, out: str | Path |
         if selectors:
             cfg.select.selectors = list(selectors)
         check(cfg)
+        make_selectors(cfg.select.selectors, cfg.select)
         root = RunDir(run.path)
         jobs = [{"id": f"seed-{s}", "kind": "search", "out": str(root.job(f"seed-{s}").path),
                  "config": to_dict(dataclasses.replace(cfg, seed=s))} for s in parse_seeds(seeds)]
@@ -297,6 +300,7 @@ def select(run: str | Path | RunDir, selectors: str | Sequence[str], *, override
     cfg = run.read_config([*override_list(overrides), *(f"select.{k}={v}" for k, v in chosen.items() if v is not None)])
     if device:
         cfg.device = device
+    make_selectors(names, cfg.select)  # an unknown selector or a bad option: one line, before the supernet loads
     launch = distributed.launch_env()
     if launch is not None and launch.world_size > 1:  # checked on every rank, before rank 0 starts handing out work
         if ray_address or any(v is not None for v in chosen.values()):

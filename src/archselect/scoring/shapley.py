@@ -12,13 +12,15 @@ Each permutation is scored on a fresh batch (`draw: fresh`, the default; officia
 half), or on a fixed set of batches (`draw: fixed`; `fixed_valid: true` is the older spelling of the same). The estimate is the mean over permutations (the paper's estimator) or, with
 `estimate: mean-std`, the mean minus the population standard deviation (what the official code computes).
 
-Three estimators (`estimator`), each a mean of independent rows, one row per batch j, so that workers, resume and the
-standard error treat them alike:
+Four estimators (`estimator`), each a mean of rows, one row per batch j (independent rows, except `stratified`'s),
+so that workers, resume and the standard error treat them alike:
   permutation  (the paper's) one permutation π_j per row;
   antithetic   a pair per row: π_j and its reverse, on the same batch, averaged;
   kernel       unbiased KernelSHAP with paired sampling (Covert & Lee, AISTATS 2021; KernelSHAP-NAS): `coalitions`
                coalitions drawn from the Shapley kernel, each with its complement; the row is the constrained weighted
-               least-squares solution with the kernel's exact Gram matrix (`kernel_row`).
+               least-squares solution with the kernel's exact Gram matrix (`kernel_row`);
+  stratified   one permutation per row, as `permutation`, but the M permutations are drawn together so that each
+               player's removal time is stratified over them (Latin hypercube keys, `stratified_permutation`).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from .workers import Workers
 
 Player = tuple[str, int, int]  # (cell type, edge, op index)
 ESTIMATES = ("mean", "mean-std")
-ESTIMATORS = ("permutation", "antithetic", "kernel")
+ESTIMATORS = ("permutation", "antithetic", "kernel", "stratified")
 
 
 @dataclass
@@ -51,7 +53,7 @@ class ShapleyOptions(EvaluatorOptions):
     draw: str = "fresh"           # fresh: new batches per permutation (paper) | fixed: the same first batches for all
     fixed_valid: bool = False     # older spelling of draw: fixed (true wins over draw)
     estimate: str = "mean"        # mean (paper) | mean-std (the official code)
-    estimator: str = "permutation"  # permutation (paper) | antithetic | kernel (see the module's docstring)
+    estimator: str = "permutation"  # permutation (paper) | antithetic | kernel | stratified (the module's docstring)
     coalitions: int = 0           # kernel: coalitions per batch, in complementary pairs (0: the even count >= players)
 
     @property
@@ -116,6 +118,20 @@ def permutation(n: int, seed: int, j: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 0x5A, j))).tolist()
 
 
+def stratified_permutation(n: int, seed: int, j: int, rows: int) -> list[int]:
+    """Row j of `rows` jointly drawn permutations of n players, a pure function of (seed, j, rows). A uniform random
+    permutation is the order of n independent uniform keys; here player i's keys over the rows form a Latin hypercube
+    sample (one key in each interval [r/rows, (r+1)/rows)), so every player is removed early in as many rows as late,
+    instead of a binomial count of them, and truncation cuts each player off in about the same share of rows. Each
+    row alone is still a uniform random permutation (a key is uniform and independent of the other players' keys),
+    so the mean stays unbiased; the rows are negatively correlated, so std/√rows overstates its standard error."""
+    shared = torch.Generator().manual_seed(derive_seed(seed, 0x5D, rows))
+    stratum = [int(torch.randperm(rows, generator=shared)[j]) for _ in range(n)]
+    jitter = torch.rand(n, generator=torch.Generator().manual_seed(derive_seed(seed, 0x5E, j)), dtype=torch.float64)
+    keys = (torch.tensor(stratum, dtype=torch.float64) + jitter) / rows
+    return torch.argsort(keys).tolist()
+
+
 def antithetic_contributions(values: Callable[[list[list[bool]]], list[float]], n: int, order: Sequence[int],
                              threshold: float, ahead: int = 1) -> Permutation:
     """A permutation and its reverse on the same values, averaged: a player removed late in one is removed early in
@@ -173,6 +189,9 @@ def score_row(values: Callable[[list[list[bool]]], list[float]], n: int, opts: "
         coalitions = kernel_coalitions(n, seed, j, opts.coalitions or n + n % 2)
         full, empty, *rest = values([[True] * n, [False] * n, *coalitions])
         return Permutation(kernel_row(coalitions, rest, empty, full), full, len(coalitions))
+    if opts.estimator == "stratified":
+        return removal_contributions(values, n, stratified_permutation(n, seed, j, opts.permutations), opts.threshold,
+                                     ahead)
     scorer = antithetic_contributions if opts.estimator == "antithetic" else removal_contributions
     return scorer(values, n, permutation(n, seed, j), opts.threshold, ahead)
 

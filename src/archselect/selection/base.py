@@ -98,8 +98,12 @@ class Selector(abc.ABC):
     name = "selector"
     ties_matter = True  # the architecture is derived from the scores, so a tie makes the choice arbitrary
 
-    def __init__(self, options: dict | None = None):
-        prefix = f"select.options.{self.name}"
+    def __init__(self, options: dict | None = None, label: str | None = None):
+        """`label`: run under another name (a variant, selection/variants.py); the Selection carries it."""
+        self.base_name = self.name
+        if label is not None:
+            self.name = label
+        prefix = f"select.variants.{label}" if label else f"select.options.{self.name}"
         self.options = build(self.Options, options or {}, prefix)
         if hasattr(self.options, "check"):
             self.options.check(prefix)
@@ -108,6 +112,8 @@ class Selector(abc.ABC):
         start = time.perf_counter()
         selection = self.run(ctx)
         selection.cost.seconds = time.perf_counter() - start
+        if self.name != self.base_name:
+            selection.details["variant_of"] = self.base_name
         chooses_none = getattr(ctx.space, "chooses_none", True)
         ties = self.ties_matter and tied_edges(selection.scores, ctx.supernet, chooses_none)
         if ties:

@@ -56,8 +56,8 @@ class InfluenceOptions:
 class Influence(Selector):
     Options = InfluenceOptions
 
-    def __init__(self, options: dict | None = None):
-        super().__init__(options)
+    def __init__(self, options: dict | None = None, label: str | None = None):
+        super().__init__(options, label)
         for key, allowed in CHOICES.items():
             value = getattr(self.options, key)
             if value not in allowed:

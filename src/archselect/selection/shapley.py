@@ -30,7 +30,7 @@ class ShapleySelector(Selector):
 
     def run(self, ctx) -> Selection:
         o, net = self.options, ctx.supernet
-        unit = {"permutation": "permutation", "antithetic": "pair", "kernel": "batch"}[o.estimator]
+        unit = {"antithetic": "pair", "kernel": "batch"}.get(o.estimator, "permutation")
         progress = Progress(ctx.workdir, self.name, fingerprint(net, o, ctx.seed))
         saved = progress.load()
         cost, done = Cost(), []
@@ -59,7 +59,7 @@ class ShapleySelector(Selector):
         arch = ctx.space.derive({ct: s.float() for ct, s in scores.items()}, masks)
         rows = len(est.full)
         details = {"estimate": o.estimate, "estimator": o.estimator, "players": len(est.players),
-                   "permutations": {"permutation": rows, "antithetic": 2 * rows, "kernel": 0}[o.estimator],
+                   "permutations": {"antithetic": 2 * rows, "kernel": 0}.get(o.estimator, rows),
                    "full_accuracy": est.full, "removed": est.removed, "resumed_after": len(done),
                    **({"batches": rows, "coalitions": est.removed[0]} if o.estimator == "kernel" else {})}
         return Selection(self.name, arch, as_lists(scores),

@@ -16,6 +16,7 @@ from ..runs import RunDir
 from ..scoring.workers import Workers, open_workers
 from ..optimizers import OPTIMIZERS
 from . import SELECTORS
+from .variants import LABEL, make_selectors
 from .base import Selection, SelectionContext
 from .comparison import Comparison
 
@@ -39,8 +40,7 @@ def run_selectors(cfg: RunConfig, run: RunDir, names: list[str], device: torch.d
     """The selectors `names` on RUN's supernet, each from a freshly seeded RNG (so its result never depends on which
     ran before it), each Selection written to RUN/selections/. Independent evaluations run on `workers`, or on those
     `select.workers` and `select.executor` ask for."""
-    classes = [SELECTORS.get(n) for n in names]  # fail on an unknown name before any work
-    selectors = [cls(cfg.select.options.get(n)) for cls, n in zip(classes, names)]
+    selectors = make_selectors(names, cfg.select)  # fails on an unknown name before any work
     if workers is None:
         with open_workers(cfg.select.workers, cfg.select.executor, device=device) as opened:
             return run_selectors(cfg, run, names, device, opened)
@@ -69,16 +69,23 @@ def _assert_unchanged(supernet, reference: dict[str, torch.Tensor], name: str) -
 
 def load_selections(run: RunDir) -> dict[str, Selection]:
     """Every selection RUN holds, by selector name. A damaged file is a one-line error; a file that is not the
-    selection of the registered selector its name says is skipped with a warning (the name goes into output file
-    names, so it must be one we know)."""
+    selection of the registered selector (or variant of one) its name says is skipped with a warning (the name goes
+    into output file names, so it must be one we know)."""
     out = {}
     for path in run.selection_files():
         selection = Selection.from_dict(read_json(path, "selection"))
-        if selection.selector != path.stem or selection.selector not in SELECTORS:
+        if selection.selector != path.stem or not _known(selection):
             log.warning(f"skipping {path}: not a selection of a known selector (it says {selection.selector!r})")
             continue
         out[selection.selector] = selection
     return out
+
+
+def _known(selection: Selection) -> bool:
+    if selection.selector in SELECTORS:
+        return True
+    base = selection.details.get("variant_of")
+    return isinstance(base, str) and base in SELECTORS and bool(LABEL.fullmatch(selection.selector))
 
 
 def selection_done(run: RunDir, name: str) -> bool:
