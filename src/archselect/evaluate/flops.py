@@ -19,8 +19,10 @@ above. Parameters match it exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -79,16 +81,23 @@ class _Counter(TorchFunctionMode):
         return out
 
 
+@contextlib.contextmanager
+def counting() -> Iterator[FlopCount]:
+    """FLOPs of every torch function called inside the block (the caller chooses the modes and inputs)."""
+    count = FlopCount()
+    with _Counter(count):
+        yield count
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> FlopCount:
     """FLOPs (multiply-accumulates) of one forward pass of a single image of `input_shape` (C, H, W), in eval mode
     (so no auxiliary head and no drop-path); the model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
-    count = FlopCount()
     x = torch.zeros(1, *input_shape, device=device)
     try:
-        with _Counter(count):
+        with counting() as count:
             model(x)
     finally:
         model.train(was_training)

@@ -90,16 +90,24 @@ class SearchOptimizer:
         x, y = train
         self.w_optimizer.zero_grad(set_to_none=True)
         logits = self.supernet(x, self.train_weights())
-        loss = F.cross_entropy(logits, y)
+        loss = self.weight_loss(logits, y)
         loss.backward()
         distributed.average_gradients(self.supernet.weight_parameters())  # before clipping: the global-batch norm
         grad_norm = nn.utils.clip_grad_norm_(self.supernet.weight_parameters(), self.cfg.grad_clip)
         self.w_optimizer.step()
         return {"train_loss": loss.item(), "train_acc": accuracy(logits, y), "grad_norm": float(grad_norm)}
 
+    def weight_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The weight step's training loss (ProxylessNAS smooths the labels)."""
+        return F.cross_entropy(logits, y)
+
     def train_weights(self) -> dict[str, torch.Tensor]:
         """Mixing weights for the weight step (no gradient to α). Sampling optimizers override this."""
         return self.supernet.mixing_weights(detach=True)
+
+    def eval_weights(self) -> dict[str, torch.Tensor] | None:
+        """Mixing weights of the end-of-epoch search-valid evaluation; None: softmax(α) (the supernet's own)."""
+        return None
 
     def end_epoch(self, epoch: int) -> None:
         self.scheduler.step()
@@ -121,6 +129,19 @@ class SearchOptimizer:
         from the checkpointed settings (a `--resume` that lowers a learning rate). The weight lr continues on the
         cosine schedule of the new `w_lr`/`w_lr_min` from the current epoch. Unchanged settings are left untouched,
         so a plain resume stays bit-identical. Returns the settings changed."""
+        c = self.cfg
+        changed = self.apply_schedule()
+        wanted = {"momentum": c.w_momentum, "weight_decay": c.w_weight_decay, "nesterov": c.w_nesterov}
+        changed += _set_groups(self.w_optimizer, wanted)
+        a_opt = getattr(self, "a_optimizer", None)
+        if isinstance(a_opt, torch.optim.Adam):
+            wanted = {"lr": c.a_lr, "betas": (c.a_beta1, c.a_beta2), "weight_decay": c.a_weight_decay}
+            changed += [f"a_{k}" for k in _set_groups(a_opt, wanted)]
+        return sorted(set(changed))
+
+    def apply_schedule(self) -> list[str]:
+        """The weight lr part of `apply_hyperparameters`: continue on the cosine schedule of the config's
+        `w_lr`/`w_lr_min` from the current epoch when they changed."""
         c, changed = self.cfg, []
         sched = self.scheduler
         if list(sched.base_lrs) != [c.w_lr] * len(sched.base_lrs) or sched.eta_min != c.w_lr_min:
@@ -131,13 +152,7 @@ class SearchOptimizer:
             sched._last_lr = [lr] * len(sched.base_lrs)
             for g in self.w_optimizer.param_groups:
                 g["lr"], g["initial_lr"] = lr, c.w_lr
-        wanted = {"momentum": c.w_momentum, "weight_decay": c.w_weight_decay, "nesterov": c.w_nesterov}
-        changed += _set_groups(self.w_optimizer, wanted)
-        a_opt = getattr(self, "a_optimizer", None)
-        if isinstance(a_opt, torch.optim.Adam):
-            wanted = {"lr": c.a_lr, "betas": (c.a_beta1, c.a_beta2), "weight_decay": c.a_weight_decay}
-            changed += [f"a_{k}" for k in _set_groups(a_opt, wanted)]
-        return sorted(set(changed))
+        return changed
 
 
 def _set_groups(optimizer: torch.optim.Optimizer, wanted: dict[str, Any]) -> list[str]:

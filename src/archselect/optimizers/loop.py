@@ -69,6 +69,15 @@ def _check_int(state: dict[str, Any], key: str, low: int, high: int) -> int:
     return v
 
 
+def epoch_means(meters: dict[str, float]) -> dict[str, float]:
+    """Each metric's mean over the steps that reported it (`SearchRun._accumulate`'s sums and counts); a checkpoint
+    written before per-metric counts existed counts every metric over all `n` steps."""
+    n = max(meters.get("n", 1), 1)
+    counts = {k[2:]: v for k, v in meters.items() if k.startswith("n/")}
+    return {k: v / max(counts.get(k, n), 1) for k, v in meters.items()
+            if k not in ("n", "seconds") and not k.startswith("n/")}
+
+
 def _alpha_record(supernet) -> dict[str, list[list[float]]]:
     return {ct: w.cpu().tolist() for ct, w in supernet.mixing_weights(detach=True).items()}
 
@@ -203,20 +212,21 @@ class SearchRun:
                 self._finish_epoch(time.perf_counter() - start_time)  # its evaluation's progress continues this one
 
     def _accumulate(self, out: dict[str, float]) -> None:
+        """Sums per metric, and how many steps reported each (an optimizer may report some only on some steps:
+        ProxylessNAS' α step runs every few weight steps)."""
         for k, v in out.items():
             self.meters[k] = self.meters.get(k, 0.0) + v
+            self.meters[f"n/{k}"] = self.meters.get(f"n/{k}", 0) + 1
         self.meters["n"] = self.meters.get("n", 0) + 1
 
     def _finish_epoch(self, seconds: float) -> None:
-        self.meters = distributed.mean_over_ranks(self.meters)
-        n = max(self.meters.pop("n", 1), 1)
-        self.meters.pop("seconds", None)
-        means = {k: v / n for k, v in self.meters.items()}
+        means = epoch_means(distributed.mean_over_ranks(self.meters))
         lr = self.optimizer.lr
         self.optimizer.end_epoch(self.epoch)
         distributed.sync_module(self.supernet)  # rank 0's BN running statistics everywhere, before eval and save
         # Each rank evaluates its equal slice of every batch: the mean of the ranks' means is the full-batch mean.
-        valid_loss, valid_acc = loss_and_accuracy(self.supernet, self.data.valid)
+        valid_loss, valid_acc = loss_and_accuracy(self.supernet, self.data.valid,
+                                                  weights=self.optimizer.eval_weights())
         valid = distributed.mean_over_ranks({"loss": valid_loss, "acc": valid_acc})
         valid_loss, valid_acc = valid["loss"], valid["acc"]
         _check_finite({"search_valid_loss": valid_loss}, self.supernet, self.epoch, self.step, self.run)
