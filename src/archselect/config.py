@@ -92,10 +92,11 @@ class SelectConfig:
 @dataclass
 class SplitConfig:
     """Few-shot NAS: split the supernet into sub-supernets during the search (docs/fewshot.md). `auto` values take
-    the official setting of the space: NB201 (one cell type) or DARTS (normal + reduce cells)."""
+    the official setting of the space: NB201 (one cell type), DARTS (normal + reduce cells) or MobileNet (stages)."""
     method: str = "none"          # none | gm (gradient matching, GM-NAS) | exhaustive (one sub-supernet per op)
     epochs: list[int] = field(default_factory=lambda: [15, 30])  # search epochs at which to split (official NB201)
-    groups: int = 2               # gm: groups per split
+    groups: int | list[int] | str = "auto"  # gm: groups per split, or one count per split epoch; auto: 2 (NB201,
+                                  # DARTS), [2, 3, 3, ...] (MobileNet), len(sizes) when sizes are given
     sizes: list[int] | None = None  # gm: exact group sizes, e.g. [2, 3]; None: every group holds >= 2 ops
     batches: int = 100            # gm: training batches averaged per gradient distance (official 100; --fast 10)
     distance: str = "cos"         # cos | per-filter-cos | mse
@@ -104,11 +105,14 @@ class SplitConfig:
     cell_types: list[str] | None = None  # cell types whose edges may split; None: all (NB201), normal only (DARTS)
     op_weight: str = "auto"       # auto | one (NB201: the measured op weighs 1) | softmax (DARTS: its softmax value)
     warmup_alpha: str = "auto"    # α before the last split: auto | init (kept; NB201) | equal (0; DARTS) | learn
-    restart: str = "final"        # final (re-initialise after the last split; official) | inherit
+    restart: str = "auto"         # auto | final (re-initialise after the last split; NB201, DARTS) |
+                                  # inherit (keep the state; MobileNet)
     restart_schedule: str = "auto"  # final restart's cosine: auto | total (NB201) | remaining (DARTS, fix_sche)
     choose: str = "supernet"      # supernet (search-valid accuracy of each selection) | oracle (benchmark; analysis)
     bn: str = "train"             # BN while scoring a selection: train (batch statistics; official) | eval (running)
     oracle_metric: str = "cifar10_valid"  # the benchmark column `choose: oracle` maximises
+    shared: str = "ops"           # gm: weights compared: ops (other edges' ops + fixed layers between cells; paper) |
+                                  # all (every other weight, stem/head/classifier too; GM-NAS' ProxylessNAS code)
 
 
 @dataclass
@@ -410,7 +414,7 @@ LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.ima
           "data.cutout": 1024, "search.epochs": 100_000, "threads": 1024, "train.C": 1024, "train.N": 64,
           "train.epochs": 100_000, "train.batch_size": 65536, "train.subset": 100_000_000, "train.cutout": 1024,
           "train.eval_every": 100_000, "search.checkpoint_every": 10 ** 9, "search.hessian_batches": 10_000,
-          "search.hessian_iters": 10_000, "split.batches": 100_000, "split.groups": 64, "select.workers": 4096,
+          "search.hessian_iters": 10_000, "split.batches": 100_000, "select.workers": 4096,
           "data.workers": 1024, "train.lr_step": 100_000}
 MAX_ACTIVATION_BYTES = 256 << 30  # a rough upper estimate of one search step's activations
 
@@ -462,9 +466,21 @@ def check_ranges(cfg: RunConfig) -> None:
 SPLIT_CHOICES = {
     "method": ("none", "gm", "exhaustive"), "distance": ("cos", "per-filter-cos", "mse"),
     "edge_criterion": ("auto", "cut", "within", "first"), "op_weight": ("auto", "one", "softmax"),
-    "warmup_alpha": ("auto", "init", "equal", "learn"), "restart": ("final", "inherit"),
+    "warmup_alpha": ("auto", "init", "equal", "learn"), "restart": ("auto", "final", "inherit"),
     "restart_schedule": ("auto", "total", "remaining"), "choose": ("supernet", "oracle"), "bn": ("train", "eval"),
+    "shared": ("ops", "all"),
 }
+MAX_GROUPS = 64  # groups per split
+
+
+def split_group_counts(s: SplitConfig) -> list[int]:
+    """The group counts split.groups names (none for auto); an unknown word is an error naming the key."""
+    if s.groups == "auto":
+        return []
+    if isinstance(s.groups, str):
+        raise UserError(f"split.groups {s.groups!r}: choose auto, a number of groups, or one per split epoch "
+                        f"(e.g. [2, 3])")
+    return [s.groups] if isinstance(s.groups, int) else list(s.groups)
 
 
 def check_split(cfg: RunConfig) -> None:
@@ -472,10 +488,12 @@ def check_split(cfg: RunConfig) -> None:
     for key, allowed in SPLIT_CHOICES.items():
         if getattr(s, key) not in allowed:
             raise UserError(f"split.{key} {getattr(s, key)!r}: choose one of {', '.join(allowed)}")
+    counts = split_group_counts(s)
     rules = [
-        (s.groups >= 2, "split.groups must be >= 2"),
-        (s.sizes is None or (len(s.sizes) == s.groups and min(s.sizes) >= 1),
-         "split.sizes needs one size >= 1 per group (split.groups of them)"),
+        (all(2 <= g <= MAX_GROUPS for g in counts), f"split.groups must lie in [2, {MAX_GROUPS}]"),
+        (not isinstance(s.groups, list) or len(s.groups) > 0, "split.groups needs at least one count"),
+        (s.sizes is None or (min(s.sizes, default=0) >= 1 and all(g == len(s.sizes) for g in counts)),
+         "split.sizes needs one size >= 1 per group (split.groups of them, at every split)"),
         (s.batches >= 1, "split.batches must be >= 1"),
     ]
     if s.method != "none":  # the schedule matters only to a split search (`archselect split RUN` ignores it)
@@ -485,6 +503,8 @@ def check_split(cfg: RunConfig) -> None:
             (not e or 0 <= e[0] and e[-1] < cfg.search.epochs,
              f"split.epochs must lie in [0, search.epochs) = [0, {cfg.search.epochs})"),
             (s.edges is None or len(s.edges) >= len(e), "split.edges needs one edge per split epoch"),
+            (not isinstance(s.groups, list) or len(s.groups) == len(e),
+             f"split.groups lists {len(counts)} group counts; give one per split epoch ({len(e)})"),
             (not (s.method == "exhaustive" and s.edge_criterion == "within"),
              "split.edge_criterion within is meaningless for exhaustive splitting (no within-group distance); "
              "use first or cut"),

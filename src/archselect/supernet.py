@@ -93,6 +93,18 @@ class Supernet(nn.Module, abc.ABC):
         m = self.mask(cell_type)
         m.copy_(mask.to(device=m.device, dtype=torch.bool))
 
+    def base_mask(self, cell_type: str) -> torch.Tensor:
+        """The mask a fresh supernet of the space starts with: every op, unless the space rules some out on an edge
+        (MobileNet: `zero` on a stage's first layer). Few-shot splitting takes an edge whose mask still equals its
+        base row as not split yet."""
+        return torch.ones_like(self.mask(cell_type))
+
+    def mixed_edges(self) -> list[tuple[str, int, nn.Module]] | None:
+        """Every mixed edge of the network as (cell type, edge index, the module whose `ops` ModuleDict holds its
+        candidate ops by name), for gradient matching's shared weights; modules not listed (stem, head) are not
+        shared. None (the default): gradient matching finds the edges by module name (`<cell>.<e>.ops.<op>`)."""
+        return None
+
     def mixing_weights(self, detach: bool = False) -> dict[str, torch.Tensor]:
         """softmax(α) over each edge's enabled ops; disabled ops get exactly 0."""
         out = {}

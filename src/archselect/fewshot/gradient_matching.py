@@ -8,12 +8,14 @@ cosine, squared distance). D is averaged over R batches (official R = 100), as t
 per-batch distance matrices.
 
 Shared weights are found by module name: an op parameter lives at `<cell>.<e>.ops.<op_name>.*` (NB201:
-`body.layers.{i}.edges.{e}.ops.{op}`); a cell is the module holding those edges. They are
+`body.layers.{i}.edges.{e}.ops.{op}`); a cell is the module holding those edges. A supernet may list its mixed edges
+itself instead (`Supernet.mixed_edges`; MobileNet, whose edges are its searchable layers `body.layers.{i}`). They are
 - the parameters of the enabled ops on every other edge of every cell of the candidate's type, and on every edge of
-  the cells of the other types (DARTS: normal/reduce);
+  the cells of the other types (DARTS: normal/reduce; MobileNet: every other searchable layer of every stage);
 - the parameters of the fixed layers stacked between the cells (NB201: the residual reduction blocks).
 The stem, the final BN, the classifier and any non-op part of a cell (DARTS' preprocess layers) are excluded, as in the
-official code. Parameters of disabled ops are excluded too: they get no gradient in this sub-supernet.
+paper and the NB201/DARTS code. Parameters of disabled ops are excluded too: they get no gradient in this
+sub-supernet. Scope `all` takes every other weight as well (stem, head, classifier), as GM-NAS' ProxylessNAS code does.
 
 Measuring does not change the supernet: BN runs in train mode (batch statistics, as the official code does) and its
 running statistics are restored afterwards; gradients come from autograd.grad, never through `.grad`.
@@ -71,19 +73,30 @@ def _cell_types_of(supernet: Supernet, cells: list[str]) -> dict[str, str]:
 
 
 def parameter_map(supernet: Supernet) -> ParameterMap:
+    """The op parameters of every mixed edge, and the fixed layers' parameters shared with them. A supernet that
+    lists its mixed edges (`mixed_edges`, MobileNet: every searchable layer) has no shared fixed layer; otherwise
+    the edges and the fixed layers between the cells are found by module name."""
+    listed = supernet.mixed_edges()
+    if listed is not None:
+        names = {id(m): n for n, m in supernet.named_modules()}
+        return ParameterMap(_op_entries(supernet, [(ct, e, names[id(m)], m) for ct, e, m in listed]))
     edges = _edge_modules(supernet)
     if not edges:
         raise ValueError(f"{type(supernet).__name__} has no mixed edges named '<cell>.<e>.ops.<op>'")
     cells = list(dict.fromkeys(cell for cell, _, _, _ in edges))
     types = _cell_types_of(supernet, cells)
-    pmap = ParameterMap()
-    for cell, e, name, module in edges:
+    ops = _op_entries(supernet, [(types[cell], e, name, module) for cell, e, name, module in edges])
+    return ParameterMap(ops, _fixed_layer_parameters(supernet, cells))
+
+
+def _op_entries(supernet: Supernet, edges) -> list[tuple[str, int, int, str, nn.Parameter]]:
+    """(cell type, edge, op index, parameter name, parameter) for the ops of the given (type, edge, name, module)."""
+    out = []
+    for ct, e, name, module in edges:
         for op_name, op in module.ops.items():
             k = supernet.op_names.index(op_name)
-            for pname, p in op.named_parameters():
-                pmap.ops.append((types[cell], e, k, f"{name}.ops.{op_name}.{pname}", p))
-    pmap.fixed = _fixed_layer_parameters(supernet, cells)
-    return pmap
+            out += [(ct, e, k, f"{name}.ops.{op_name}.{pname}", p) for pname, p in op.named_parameters()]
+    return out
 
 
 def _fixed_layer_parameters(supernet: Supernet, cells: list[str]) -> list[tuple[str, nn.Parameter]]:
@@ -102,19 +115,35 @@ def _fixed_layer_parameters(supernet: Supernet, cells: list[str]) -> list[tuple[
     return out
 
 
-def shared_parameters(supernet: Supernet, cell_type: str, edge: int,
-                      pmap: ParameterMap | None = None) -> list[tuple[str, nn.Parameter]]:
-    """The weights whose gradients the ops of (cell_type, edge) are compared on (see the module docstring)."""
+SCOPES = ("ops", "all")
+
+
+def shared_parameters(supernet: Supernet, cell_type: str, edge: int, pmap: ParameterMap | None = None,
+                      scope: str = "ops") -> list[tuple[str, nn.Parameter]]:
+    """The weights whose gradients the ops of (cell_type, edge) are compared on (see the module docstring).
+    scope `all` (GM-NAS' ProxylessNAS code): every weight of the network but the edge's own ops and disabled ops,
+    so the stem, head and classifier too."""
     pmap = pmap or parameter_map(supernet)
     masks = {ct: supernet.mask(ct) for ct in supernet.cell_types}
+    if scope == "all":
+        own = {id(p) for ct, e, k, _, p in pmap.ops if (ct == cell_type and e == edge) or not bool(masks[ct][e, k])}
+        own |= {id(a) for a in supernet.arch_parameters()}
+        return [(name, p) for name, p in supernet.named_parameters() if id(p) not in own]
+    if scope != "ops":
+        raise ValueError(f"unknown shared-weight scope {scope!r}; choose one of {', '.join(SCOPES)}")
     out = [(name, p) for ct, e, k, name, p in pmap.ops
            if not (ct == cell_type and e == edge) and bool(masks[ct][e, k])]
     return out + list(pmap.fixed)
 
 
 def candidate_edges(supernet: Supernet, cell_types: Sequence[str]) -> list[tuple[str, int]]:
-    """Edges not split yet: every op still enabled (official: rows of the encoding that are all ones)."""
-    return [(ct, e) for ct in cell_types for e, row in enumerate(supernet.mask(ct).tolist()) if all(row)]
+    """Edges not split yet: the edge's mask is still the space's base mask (official: rows of the encoding that
+    are all ones; a MobileNet stage's first layer starts without `zero`), with at least 2 ops to compare."""
+    out = []
+    for ct in cell_types:
+        base = supernet.base_mask(ct).tolist()
+        out += [(ct, e) for e, row in enumerate(supernet.mask(ct).tolist()) if row == base[e] and sum(row) >= 2]
+    return out
 
 
 # -- distances -----------------------------------------------------------------------------------------------------
@@ -213,7 +242,8 @@ class _RunningMean:
 
 
 def measure(supernet: Supernet, edges: Sequence[tuple[str, int]], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-            metric: str = "cos", op_weight: str = "one") -> tuple[list[EdgeDistance], dict[str, float]]:
+            metric: str = "cos", op_weight: str = "one",
+            scope: str = "ops") -> tuple[list[EdgeDistance], dict[str, float]]:
     """Distance matrices of the enabled ops of each edge, averaged over `batches` (every edge sees the same
     batches), and the cost {forward, backward, images, seconds}. The supernet is left exactly as it was."""
     start = time.perf_counter()
@@ -224,7 +254,7 @@ def measure(supernet: Supernet, edges: Sequence[tuple[str, int]], batches: Itera
         if len(ops) < 2:
             raise ValueError(f"{edge_label(e, *supernet.edges[ct][e])} of cell type {ct!r} has {len(ops)} enabled "
                              f"op(s); nothing to compare")
-        plan.append((ct, e, ops, [p for _, p in shared_parameters(supernet, ct, e, pmap)]))
+        plan.append((ct, e, ops, [p for _, p in shared_parameters(supernet, ct, e, pmap, scope)]))
     stats = [_RunningMean() for _ in plan]
     was_training = supernet.training
     saved = {n: b.detach().clone() for n, b in supernet.named_buffers()}

@@ -114,19 +114,28 @@ def open_node(cfg: RunConfig, s: Settings, tree: Tree, node_id: str, device: tor
 
 # -- deciding a split ----------------------------------------------------------------------------------------------
 
+def _splittable(supernet, s: Settings, level: int, ct: str, e: int) -> bool:
+    """Whether the edge's enabled ops form the level's groups: split.sizes exactly, else groups of >= 2 ops
+    (MobileNet: a stage's first layer has 6 ops, the others 7)."""
+    if s.method != "gm":
+        return True
+    k = len(enabled_ops(supernet, ct, e))
+    return k == sum(s.sizes) if s.sizes is not None else k >= 2 * s.groups_at(level)
+
+
 def _candidates(supernet, s: Settings, level: int) -> list[tuple[str, int]]:
-    free = candidate_edges(supernet, s.cell_types)
+    free = [(ct, e) for ct, e in candidate_edges(supernet, s.cell_types) if _splittable(supernet, s, level, ct, e)]
     if s.edges is not None:
         ct, e = s.cell_types[0], s.edges[level]
         if (ct, e) not in free:
             edges = supernet.edges.get(ct, ())
             where = edge_label(e, *edges[e]) if 0 <= e < len(edges) else f"edge {e}"
-            raise UserError(f"split.edges[{level}] = {e}: {where} of cell type {ct!r} does not exist or is split "
-                            f"already")
+            raise UserError(f"split.edges[{level}] = {e}: {where} of cell type {ct!r} does not exist, is split "
+                            f"already or cannot form {s.groups_at(level)} groups")
         return [(ct, e)]
     if not free:
-        raise UserError(f"no edge of cell types {', '.join(s.cell_types)} is left to split at split {level + 1}; "
-                        f"use fewer split.epochs")
+        raise UserError(f"no edge of cell types {', '.join(s.cell_types)} is left to split at split {level + 1} "
+                        f"into {s.groups_at(level)} groups; use fewer split.epochs or split.groups")
     return free[:1] if s.edge_criterion == "first" else free
 
 
@@ -145,8 +154,8 @@ def decide_split(sn, train, epoch: int, s: Settings, level: int) -> dict[str, An
         gradients = s.batches * sum(len(enabled_ops(sn, ct, e)) for ct, e in candidates)
         with logs.Progress("gradient matching", gradients, "op gradient"):
             measured, cost = measure(sn, candidates, cyclic_batches(train, epoch, s.batches), s.distance,
-                                     s.op_weight)
-        parts = [best_partition(d.mean, s.groups, s.sizes) if s.method == "gm" else singletons(d.mean)
+                                     s.op_weight, s.shared)
+        parts = [best_partition(d.mean, s.groups_at(level), s.sizes) if s.method == "gm" else singletons(d.mean)
                  for d in measured]
         best = pick_edge(parts, criterion)
         ct, e = measured[best].cell_type, measured[best].edge

@@ -22,6 +22,7 @@ from ..runs import RunDir
 
 ROOT = "root"
 POST_HOC = ("choose", "oracle_metric", "bn")  # settings that only score and choose among finished leaves
+ADDED = {"shared": "ops"}  # settings added after trees were recorded: the value those trees used
 
 
 def child_id(parent: str, group: int) -> str:
@@ -58,7 +59,7 @@ class Tree:
             return tree
         record = read_json(path, "split tree")
         old = record.get("settings", {})
-        changed = sorted(k for k in settings if k not in POST_HOC and old.get(k) != settings[k])
+        changed = sorted(k for k in settings if k not in POST_HOC and old.get(k, ADDED.get(k)) != settings[k])
         if changed:
             raise UserError(f"{run.path} was started with other split settings ({', '.join(changed)}); "
                             f"resume it with the settings it was started with, or start a new run")

@@ -143,6 +143,14 @@ class MobileNetBody(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.lastconv(x), 1), 1))
 
 
+def stage_mask(layers: int, op_names: Sequence[str]) -> torch.Tensor:
+    """A stage's base mask (layers x ops): every op, but no `zero` on its first layer, which cannot be skipped."""
+    mask = torch.ones(layers, len(op_names), dtype=torch.bool)
+    if "zero" in op_names:
+        mask[0, list(op_names).index("zero")] = False
+    return mask
+
+
 def stage_edges(lay: Layout) -> dict[str, tuple[tuple[int, int], ...]]:
     """Per stage (cell type), its layers as edges i->i+1."""
     counts = [sum(1 for layer in lay.layers if layer.stage == s) for s in range(STAGES)]
@@ -155,12 +163,16 @@ class MobileNetSupernet(Supernet):
         super().__init__(stage_edges(lay), op_names, alpha_init_std)
         self.body = MobileNetBody(lay, in_channels, num_classes, [op_names] * len(lay.layers), bn_affine, bn_track)
         self.position = [(CELL_TYPES[layer.stage], layer.index) for layer in lay.layers]
-        if "zero" in self.op_names:  # a stage's first layer cannot be skipped
-            zero = self.op_names.index("zero")
-            for ct in self.cell_types:
-                mask = torch.ones_like(self.mask(ct))
-                mask[0, zero] = False
-                self.set_mask(ct, mask)
+        for ct in self.cell_types:
+            self.set_mask(ct, self.base_mask(ct))
+
+    def base_mask(self, cell_type: str) -> torch.Tensor:
+        return stage_mask(len(self.edges[cell_type]), self.op_names).to(self.mask(cell_type).device)
+
+    def mixed_edges(self) -> list[tuple[str, int, nn.Module]]:
+        """Each searchable layer as edge j of its stage; the stem (with its fixed expansion-1 block) and the head
+        hold no mixed edge."""
+        return [(ct, j, layer) for (ct, j), layer in zip(self.position, self.body.layers)]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.body.stem(x)
@@ -235,6 +247,10 @@ class MobileNetSpace:
 
     def edges(self, cell_type: str) -> tuple[tuple[int, int], ...]:
         return stage_edges(self.layout)[cell_type]
+
+    def base_mask(self, cell_type: str) -> torch.Tensor:
+        """The supernet's starting mask for a stage, without building the supernet."""
+        return stage_mask(len(self.edges(cell_type)), self.op_names)
 
     def supernet(self) -> MobileNetSupernet:
         return MobileNetSupernet(self.layout, self.in_channels, self.num_classes, self.op_names, self.bn_affine,
