@@ -39,6 +39,8 @@ class SpaceConfig:
     resolution: int = 224        # stride layout: 224 (ImageNet, 32x downsampling) | 32 (CIFAR: stem, stage 1 stride 1)
     width_mult: float = 1.0      # scales every width (multiples of 8)
     stage_layers: list[int] | None = None  # layers in each of the 6 stages; None: the paper's [4, 4, 4, 4, 4, 1]
+    elastic: bool = False        # Once-for-All's elastic supernet: a layer's candidates share one block's weights
+                                 # (search.optimizer=ofa trains it; docs/optimizers.md)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from . import darts, darts2, fixed_alpha, gumbel, rsps  # noqa: F401  (registrat
 from . import shapley  # noqa: F401  (registration)
 from . import beta_darts, darts_minus, drnas  # noqa: F401  (registration)
 from . import proxylessnas  # noqa: F401  (registration)
+from . import ofa  # noqa: F401  (registration)
 from .base import OPTIMIZERS, SearchOptimizer
 
 __all__ = ["OPTIMIZERS", "SearchOptimizer"]

@@ -105,9 +105,11 @@ class SearchOptimizer:
         """Mixing weights for the weight step (no gradient to α). Sampling optimizers override this."""
         return self.supernet.mixing_weights(detach=True)
 
-    def eval_weights(self) -> dict[str, torch.Tensor] | None:
-        """Mixing weights of the end-of-epoch search-valid evaluation; None: softmax(α) (the supernet's own)."""
-        return None
+    def evaluation(self, train) -> tuple[nn.Module, dict[str, torch.Tensor] | None]:
+        """What the end-of-epoch search-valid evaluation runs: a model and its mixing weights (None: its own,
+        softmax(α)). Here the supernet itself; Once-for-All evaluates its full network with recalibrated BN (a
+        copy), for which it gets the search-train loader `train`."""
+        return self.supernet, None
 
     def end_epoch(self, epoch: int) -> None:
         self.scheduler.step()

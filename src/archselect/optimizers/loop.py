@@ -225,8 +225,8 @@ class SearchRun:
         self.optimizer.end_epoch(self.epoch)
         distributed.sync_module(self.supernet)  # rank 0's BN running statistics everywhere, before eval and save
         # Each rank evaluates its equal slice of every batch: the mean of the ranks' means is the full-batch mean.
-        valid_loss, valid_acc = loss_and_accuracy(self.supernet, self.data.valid,
-                                                  weights=self.optimizer.eval_weights())
+        model, weights = self.optimizer.evaluation(self.data.train)
+        valid_loss, valid_acc = loss_and_accuracy(model, self.data.valid, weights=weights)
         valid = distributed.mean_over_ranks({"loss": valid_loss, "acc": valid_acc})
         valid_loss, valid_acc = valid["loss"], valid["acc"]
         _check_finite({"search_valid_loss": valid_loss}, self.supernet, self.epoch, self.step, self.run)

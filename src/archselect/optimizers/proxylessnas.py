@@ -239,8 +239,11 @@ class ProxylessNAS(DartsFirstOrder):
         return {ct: draw_one_hot(enabled_probs(sn.alphas[ct], sn.mask(ct))).to(sn.alphas[ct])
                 for ct in sn.cell_types}
 
-    def eval_weights(self) -> dict[str, torch.Tensor]:
-        """The most likely path (the released code validates its `chosen` ops)."""
+    def evaluation(self, train) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        """The supernet on its most likely path (the released code validates its `chosen` ops)."""
+        return self.supernet, self.most_likely_path()
+
+    def most_likely_path(self) -> dict[str, torch.Tensor]:
         sn = self.supernet
         out = {}
         for ct in sn.cell_types:

@@ -14,6 +14,12 @@ one `layers x 7` matrix per stage, and a selector's prefix cache reuses the stag
 stage's first layer changes the width or stride: it has no residual, and its mask disables `zero`. Every other layer
 computes x + Σ_k w_k op_k(x), so `zero` (never computed) leaves the identity. Supernet and discrete network are the
 same modules, so a discrete network loads its weights from a supernet by name (`load_from_supernet`).
+
+`space.elastic=true` builds Once-for-All's elastic supernet instead (`ElasticMobileNetSupernet`, layers from
+elastic.py): the same stem, head, α, masks and plans, but each layer's candidates are cuts of one shared block (the
+kernel's centre crops through learned transformations, the first channels of the widest expansion). A selector runs
+on it unchanged; a one-hot plan runs exactly one sub-network, and a discrete network loads that sub-network's weights
+from it (`load_from_supernet`). It is what `search.optimizer=ofa` trains (docs/optimizers.md).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from ..arch import Architecture, mobilenet_architecture, mobilenet_stages
 from ..errors import UserError
 from ..mobilenet_text import CELL_TYPES, MAX_LAYERS, OPS, STAGES, kernel_and_expansion
 from ..supernet import Plan, Supernet, inherit_weights, weighted_sum
+from .elastic import ElasticLayer
 from .ops import bn
 
 # ProxylessNAS' mobile space: stem widths (first conv, expansion-1 block), (width, layers, first stride) per stage,
@@ -128,12 +135,13 @@ class MobileNetBody(nn.Module):
     """Stem conv + expansion-1 block, the searchable layers, 1x1 conv head, global pooling, classifier."""
 
     def __init__(self, lay: Layout, in_channels: int, num_classes: int, layer_ops: Sequence[Sequence[str]],
-                 affine: bool, track: bool):
+                 affine: bool, track: bool, make_layer=MixedLayer):
         super().__init__()
         c0, c1 = lay.stem
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 3, lay.stem_stride, 1, bias=False), bn(c0, True, True),
                                   nn.ReLU6(inplace=True), InvertedResidual(c0, c1, 3, 1, 1, True, True))
-        self.layers = nn.ModuleList([MixedLayer(layer, ops, affine, track) for layer, ops in zip(lay.layers, layer_ops)])
+        self.layers = nn.ModuleList([make_layer(layer, ops, affine, track)
+                                     for layer, ops in zip(lay.layers, layer_ops)])
         c_last = lay.layers[-1].C_out
         self.lastconv = nn.Sequential(nn.Conv2d(c_last, lay.head, 1, bias=False), bn(lay.head, True, True),
                                       nn.ReLU6(inplace=True))
@@ -157,11 +165,19 @@ def stage_edges(lay: Layout) -> dict[str, tuple[tuple[int, int], ...]]:
     return {ct: tuple((i, i + 1) for i in range(n)) for ct, n in zip(CELL_TYPES, counts)}
 
 
+def elastic_layer(layer: Layer, op_names: Sequence[str], affine: bool, track: bool) -> ElasticLayer:
+    return ElasticLayer(layer.C_in, layer.C_out, layer.stride, not layer.first, op_names, affine, track)
+
+
 class MobileNetSupernet(Supernet):
+    elastic = False  # whether the candidates of a layer share weights (Once-for-All)
+    make_layer = staticmethod(MixedLayer)
+
     def __init__(self, lay: Layout, in_channels=3, num_classes=1000, op_names=OPS, bn_affine=False, bn_track=True,
                  alpha_init_std=1e-3):
         super().__init__(stage_edges(lay), op_names, alpha_init_std)
-        self.body = MobileNetBody(lay, in_channels, num_classes, [op_names] * len(lay.layers), bn_affine, bn_track)
+        self.body = MobileNetBody(lay, in_channels, num_classes, [op_names] * len(lay.layers), bn_affine, bn_track,
+                                  self.make_layer)
         self.position = [(CELL_TYPES[layer.stage], layer.index) for layer in lay.layers]
         for ct in self.cell_types:
             self.set_mask(ct, self.base_mask(ct))
@@ -192,6 +208,22 @@ class MobileNetSupernet(Supernet):
         return self.body.head(x)
 
 
+class ElasticMobileNetSupernet(MobileNetSupernet):
+    """Once-for-All's elastic supernet: every layer an ElasticLayer (one shared block per layer)."""
+
+    elastic = True
+    make_layer = staticmethod(elastic_layer)
+
+    def subnet_state(self, layer_ops: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The body state of the discrete network with op layer_ops[i] on layer i: stem and head as they are, each
+        layer's block cut out of its shared weights (`ElasticLayer.block_state`)."""
+        out = {k: v.detach().clone() for k, v in self.body.state_dict().items() if not k.startswith("layers.")}
+        for i, op in enumerate(layer_ops):
+            if op != "zero":
+                out.update({f"layers.{i}.ops.{op}.{k}": v for k, v in self.body.layers[i].block_state(op).items()})
+        return out
+
+
 class MobileNetNetwork(nn.Module):
     """The discrete network of one architecture; same module names as the supernet."""
 
@@ -210,8 +242,16 @@ class MobileNetNetwork(nn.Module):
 
     @torch.no_grad()
     def load_from_supernet(self, supernet: MobileNetSupernet) -> None:
-        """Inherit every weight and BN statistic whose name this network shares with the supernet."""
-        inherit_weights(self.body, supernet.body)
+        """Inherit every weight and BN statistic whose name this network shares with the supernet; from an elastic
+        supernet, this architecture's cut of each layer's shared block."""
+        if not getattr(supernet, "elastic", False):
+            inherit_weights(self.body, supernet.body)
+            return
+        state, own = supernet.subnet_state(self.layer_ops), self.body.state_dict()
+        missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if missing:
+            raise ValueError(f"supernet lacks {len(missing)} tensors of this network, e.g. {missing[0]}")
+        self.body.load_state_dict({k: state[k] for k in own})
 
 
 @dataclass
@@ -228,6 +268,7 @@ class MobileNetSpace:
     bn_affine: bool = False
     bn_track: bool = True
     alpha_init_std: float = 1e-3
+    elastic: bool = False                 # Once-for-All's weight-sharing layers (search.optimizer=ofa trains them)
 
     name = "mobilenet"
     op_names = OPS
@@ -253,8 +294,9 @@ class MobileNetSpace:
         return stage_mask(len(self.edges(cell_type)), self.op_names)
 
     def supernet(self) -> MobileNetSupernet:
-        return MobileNetSupernet(self.layout, self.in_channels, self.num_classes, self.op_names, self.bn_affine,
-                                 self.bn_track, self.alpha_init_std)
+        cls = ElasticMobileNetSupernet if self.elastic else MobileNetSupernet
+        return cls(self.layout, self.in_channels, self.num_classes, self.op_names, self.bn_affine, self.bn_track,
+                   self.alpha_init_std)
 
     def network(self, arch: Architecture, bn_affine: bool = True) -> MobileNetNetwork:
         counts = [len(ops) for ops in mobilenet_stages(arch)]
