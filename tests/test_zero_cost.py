@@ -407,8 +407,8 @@ def test_summed_proxy_of_a_fresh_network():
     torch.manual_seed(1)
     net = fresh_network(space, arch, 7, torch.device("cpu"))
     torch.manual_seed(2)
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
-                                                 fresh_network(space, arch, 7, torch.device("cpu")).state_dict().values()))
+    again = fresh_network(space, arch, 7, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
     other = fresh_network(space, arch, 8, torch.device("cpu"))
     assert not torch.equal(net.body.stem[0].weight, other.body.stem[0].weight)
     g = torch.Generator().manual_seed(0)
