@@ -490,6 +490,7 @@ def _leaf_results(run):
     return {leaf: tree["nodes"][leaf]["result"] for leaf in tree["leaves"]}
 
 
+@pytest.mark.slow  # 30 s; tests/test_executors.py keeps the executor contract in the default run
 def test_leaves_as_executor_jobs_equal_the_sequential_loop(tmp_path, data_dir, capsys, monkeypatch):
     """`--executor` runs the sub-supernets as independent jobs (Ray when installed; the job path in-process
     otherwise): same leaves, same results, same choice as the plain loop."""

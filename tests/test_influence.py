@@ -120,6 +120,7 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian():
     assert torch.equal(h, a * active)  # z_i² = 1: every draw gives H_ii exactly; inactive coordinates stay 0
 
 
+@pytest.mark.slow  # 50 s; the exact-per-draw property above stays in the default run
 def test_hutchinson_converges_to_the_exact_diagonal():
     model = scoring_copy(tiny_nb201(), "train")
     x, y = batch()

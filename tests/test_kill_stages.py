@@ -20,7 +20,7 @@ from killharness import FinishedFiles, kill_and_resume, saved_files, steps_done
 from test_cli import comparable_metrics, tiny_args
 from test_fewshot import tiny_split_args
 
-SEEDS = [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 8))]
+SEEDS = [0, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 8))]  # default run: one kill moment each
 KILLS = 3
 VOLATILE = ("seconds", "resumed_after", "search_seconds", "select_seconds")  # timings, and where a resume started
 SELECT_OPTIONS = ["select.options.perturbation={tune_steps: 6, valid_batches: 2}",

@@ -8,11 +8,17 @@ Gradients are taken with `torch.autograd.grad`, so no `.grad` is left behind.
 
 Activation proxies (nwot, meco) read the input of every ReLU the forward pass applies, however it is written
 (`nn.ReLU`, `F.relu`, `torch.relu`, `x.relu()`, in place): archselect's cells apply one functional ReLU per node, so
-there is no module to hook. In these ReLU-Conv-BN spaces those inputs are the node feature maps.
+there is no module to hook. In these ReLU-Conv-BN spaces those inputs are the node feature maps. `meco_modules` and
+`meco_opt` read MeCo's official layers instead: the output of every module the forward pass calls (containers
+included), with every op of a cell run as a module call of its own (spaces.mixed.op_by_op).
+
+`meco_opt` draws channels at random: it takes a `seed` keyword (`bind(name, seed)` gives any proxy in the common form).
 """
 from __future__ import annotations
 
 import copy
+import zlib
+from functools import partial
 from typing import Callable
 
 import torch
@@ -20,9 +26,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..data import derive_seed
+from ..spaces.mixed import op_by_op
+from .cost import Cost
+
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 JACOB_K = 1e-5  # Mellor et al.'s regulariser of the eigenvalues
+MECO_OPT_CHANNELS = 8  # channels MeCo_opt samples per layer (its official code)
 RELUS = frozenset({F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 
 
@@ -103,16 +114,72 @@ def meco(net: nn.Module, forward: Forward, x: torch.Tensor, y: torch.Tensor) -> 
     return float(sum(total))
 
 
-PROXIES: dict[str, Callable[[nn.Module, Forward, torch.Tensor, torch.Tensor], float]] = {
-    "grad_norm": grad_norm, "snip": snip, "synflow": synflow, "jacob_cov": jacob_cov, "nwot": nwot, "meco": meco}
+def meco_modules(net: nn.Module, forward: Forward, x: torch.Tensor, y: torch.Tensor) -> float:
+    """MeCo over its official layers (HamsterMimi/MeCo): Σ λ_min(P) over the output of every module the forward pass
+    calls, containers included (a container's output counts again), P the channels × positions correlation of the
+    first image's map. The whole batch goes through the network (train-mode BN normalises over it) and only image 0's
+    maps are read, as MeCo's Zero-Cost-PT search code does. Outputs without positions (logits) or with one channel add
+    0 there and are skipped here; non-finite values are dropped."""
+    return _meco_over_modules(net, forward, x, None)
+
+
+def meco_opt(net: nn.Module, forward: Forward, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> float:
+    """MeCo_opt (official code): as meco_modules, but each layer's λ_min is that of 8 of its C channels drawn at
+    random, times C/8. The draw is seeded by (seed, module name, call), so every setting of a supernet samples the same
+    channels of a module. A layer with fewer than 8 channels uses all of them (the official code fails there)."""
+    return _meco_over_modules(net, forward, x, seed)
+
+
+PROXIES: dict[str, Callable[..., float]] = {
+    "grad_norm": grad_norm, "snip": snip, "synflow": synflow, "jacob_cov": jacob_cov, "nwot": nwot, "meco": meco,
+    "meco_modules": meco_modules, "meco_opt": meco_opt}
 BACKWARD = frozenset({"grad_norm", "snip", "synflow", "jacob_cov"})  # one backward pass per batch
 ONE_IMAGE = frozenset({"synflow", "meco"})  # send one image through the network, not the batch
 DATA_FREE = frozenset({"synflow"})  # the same value for every batch
+SEEDED = frozenset({"meco_opt"})  # draw random numbers: take a seed
+
+
+def bind(name: str, seed: int) -> Callable[[nn.Module, Forward, torch.Tensor, torch.Tensor], float]:
+    """Proxy `name` as `proxy(net, forward, x, y)`, its random draws (if any) seeded by `seed`."""
+    return partial(PROXIES[name], seed=seed) if name in SEEDED else PROXIES[name]
+
+
+def charge(cost: Cost, name: str, x: torch.Tensor) -> None:
+    """Count one evaluation of proxy `name` on batch x: one forward pass (and a backward one for gradient proxies)."""
+    cost.count(1 if name in ONE_IMAGE else x.shape[0], backward=name in BACKWARD)
 
 
 def _correlation(rows: torch.Tensor) -> torch.Tensor:
     """Pearson correlation between rows; a constant row correlates 0 with everything (itself included)."""
-    return torch.nan_to_num(torch.corrcoef(rows), nan=0.0)
+    return torch.nan_to_num(torch.corrcoef(rows), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _meco_over_modules(net: nn.Module, forward: Forward, x: torch.Tensor, seed: int | None) -> float:
+    """Σ over module outputs of λ_min of the first image's channel correlation; `seed`: MeCo_opt's channel sample."""
+    values: list[torch.Tensor] = []
+    calls: dict[str, int] = {}
+
+    def see(name: str, out) -> None:
+        if not isinstance(out, torch.Tensor) or out.dim() < 3 or out.shape[1] < 2:
+            return
+        fea = out.detach()[0].flatten(1).double()  # channels x positions
+        C, scale = fea.shape[0], 1.0
+        if seed is not None and C > MECO_OPT_CHANNELS:
+            calls[name] = calls.get(name, 0) + 1
+            g = torch.Generator().manual_seed(derive_seed(seed, zlib.crc32(name.encode()), calls[name]))
+            fea = fea[torch.randperm(C, generator=g)[:MECO_OPT_CHANNELS].to(fea.device)]
+            scale = C / MECO_OPT_CHANNELS
+        values.append(torch.linalg.eigvalsh(_correlation(fea))[0] * scale)
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: see(name, out))
+             for name, m in net.named_modules()]
+    try:
+        with torch.no_grad(), op_by_op():
+            forward(net, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return float(sum(v for v in values if torch.isfinite(v)))
 
 
 def _log_spectrum_penalty(corr: torch.Tensor) -> float:

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..genotype import CELL_TYPES, CONCAT, EDGES, INPUTS, NODES, SPACE, SPACE_OPS, STEPS, validate_darts
 from ..supernet import Plan, Supernet, Weight, inherit_weights, weighted_sum
 from .darts_imagenet import AuxiliaryHeadImageNet, ImageNetStem
-from .mixed import Fan, MixedEdge
+from .mixed import Fan, MixedEdge, ops_run_alone
 from .ops import DilConv, FactorizedReduce, ReLUConvBN, SepConv, bn, scaled_bn
 
 INCOMING = {dst: tuple(e for e, (_, d) in enumerate(EDGES) if d == dst) for dst in NODES}
@@ -83,8 +83,10 @@ class PartialEdge(MixedEdge):
 def node_terms(x: torch.Tensor, relu_x, outgoing) -> list[list[tuple[Weight, torch.Tensor]]]:
     """The (weight, output) terms of each edge (MixedEdge, plan) leaving node x. A convolution's or a BN-ed pool's
     mixing weight is folded into its last batch norm (term weight 1.0); a parameter-free pool is computed once per
-    stride and shared by the edges reading x; `relu_x()` is x's ReLU, shared by the convolutions."""
+    stride and shared by the edges reading x; `relu_x()` is x's ReLU, shared by the convolutions. Inside
+    `mixed.op_by_op()` each op is a module call of its own (nothing shared, no BN scaled in place)."""
     shared: dict[tuple[str, int], torch.Tensor] = {}
+    alone = ops_run_alone()
     out = []
     for edge, plan in outgoing:
         terms = []
@@ -93,9 +95,9 @@ def node_terms(x: torch.Tensor, relu_x, outgoing) -> list[list[tuple[Weight, tor
             op = edge.ops[name]
             if isinstance(op, (SepConv, DilConv)):
                 terms.append((1.0, op(relu_x(), pre_activated=True, scale=w)))
-            elif isinstance(op, nn.Sequential):  # pool + BN(affine=False): MixedEdge's pool_bn
+            elif isinstance(op, nn.Sequential) and not alone:  # pool + BN(affine=False): MixedEdge's pool_bn
                 terms.append((1.0, scaled_bn(op[1], op[0](x), w)))
-            elif name in SHARED_POOLS and next(op.parameters(), None) is None:
+            elif name in SHARED_POOLS and not alone and next(op.parameters(), None) is None:
                 key = (name, edge.stride)
                 if key not in shared:
                     shared[key] = op(x)

@@ -7,10 +7,16 @@ geometry runs as one convolution over the concatenated filters and one batch nor
 (per-channel BN, so the same maths; each op's running statistics stay in its own BN buffers). The mixing weight of a
 convolution is folded into that batch norm's affine scale, which saves a pass over its output. Only ops named by the
 plan are computed, so a masked op costs nothing and contributes exactly zero.
+
+Inside `op_by_op()` every op runs as its own module call instead (no fused convolutions, no output shared between
+edges), so that forward hooks on the modules see each op's output: MeCo's every-module variant reads them
+(scoring/proxies.py). The same maths, up to rounding.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextvars
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,6 +31,21 @@ SHAREABLE = frozenset({"skip_connect", "avg_pool_3x3", "max_pool_3x3"})
 
 EdgePlan = Sequence[tuple[int, Weight]]
 Terms = list[tuple[Weight, torch.Tensor]]
+_OP_BY_OP: contextvars.ContextVar[bool] = contextvars.ContextVar("archselect_op_by_op", default=False)
+
+
+@contextmanager
+def op_by_op() -> Iterator[None]:
+    """Cells run every op as its own module call while inside (see the module docstring)."""
+    token = _OP_BY_OP.set(True)
+    try:
+        yield
+    finally:
+        _OP_BY_OP.reset(token)
+
+
+def ops_run_alone() -> bool:
+    return _OP_BY_OP.get()
 
 
 class MixedEdge(nn.Module):
@@ -77,14 +98,15 @@ def fan_out(x: torch.Tensor, relu_x: Callable[[], torch.Tensor],
     convs: list[list[tuple[int, torch.Tensor]]] = [[] for _ in outgoing]
     shared: dict[tuple, torch.Tensor] = {}
     groups: dict[tuple, list[tuple[int, int, ReLUConvBN, Weight]]] = {}
+    alone = ops_run_alone()
     for i, (edge, plan) in enumerate(outgoing):
         for position, (k, w) in enumerate(plan):
             name = edge.op_names[k]
             op = edge.ops[name]
-            key = edge.conv_keys.get(name)
+            key = None if alone else edge.conv_keys.get(name)
             if key is not None:
                 groups.setdefault((key, op.bn.training), []).append((i, position, op, w))
-            elif name in edge.shared:
+            elif name in edge.shared and not alone:
                 sig = (name, edge.stride)
                 y = shared[sig] if sig in shared else shared.setdefault(sig, op(x))
                 terms[i].append((w, y))
