@@ -89,8 +89,8 @@ def test_errors_suggest_the_closest_name_and_say_where_the_yaml_broke(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_with_valid_selector_options(path):
-    """configs/*.yaml: each validates as written (paper configs included: ImageNet's 224 px retraining config is not
-    held to the search-step memory estimate), and its select.options build their selectors."""
+    """configs/*.yaml: each validates as written (paper configs included: ImageNet's 224 px retraining config is held
+    to the search-step memory estimate only when a search starts), and its select.options build their selectors."""
     from archselect.selection import SELECTORS
 
     cfg = load_config(path)
@@ -98,8 +98,30 @@ def test_every_shipped_config_loads_with_valid_selector_options(path):
         SELECTORS.get(name)(options)
 
 
-def test_retrain_only_datasets_are_the_folder_datasets():
-    from archselect.config import RETRAIN_ONLY_DATASETS
-    from archselect.data import DATASETS
+def test_the_search_memory_bound_counts_imagenets_side_and_the_mobilenet_layout():
+    """The paper's ProxylessNAS (batch 256) and GM-NAS (batch 512) ImageNet searches fit the bound; ImageNet's unset
+    image size counts as its 224 px crop, not 32; a MobileNet twice as wide at batch 1024 does not fit."""
+    from archselect.config import MAX_ACTIVATION_BYTES, check_search_memory, estimated_activation_bytes
 
-    assert set(RETRAIN_ONLY_DATASETS) <= set(DATASETS)
+    paper = Path(__file__).resolve().parents[1] / "configs" / "mobilenet-proxylessnas-imagenet.yaml"
+    for batch in (256, 512):
+        assert estimated_activation_bytes(load_config(paper, [f"data.batch_size={batch}"])) < MAX_ACTIVATION_BYTES
+    with pytest.raises(UserError, match="space.width_mult=2.0, data.batch_size=1024 and 224 px"):
+        check_search_memory(load_config(paper, ["data.batch_size=1024", "space.width_mult=2.0"]))
+    cells = ["space.C=16", "space.N=1", "data.batch_size=1024"]
+    check_search_memory(load_config(None, cells))  # fashion-mnist: 28 px images
+    imagenet = load_config(None, [*cells, "data.dataset=imagenet"])  # loads: it may be a retraining config
+    with pytest.raises(UserError, match="224 px"):
+        check_search_memory(imagenet)
+    with pytest.raises(UserError, match="32 px"):  # an in-memory dataset's config is refused as it loads
+        load_config(None, ["space.C=16", "space.N=1", "data.batch_size=2048"])
+
+
+def test_valid_size_rules():
+    assert load_config(None, ["data.valid_size=5", "data.valid_balanced=true"]).data.valid_size == 5
+    for keys, words in ((["data.valid_size=0"], "at least 1"), (["data.valid_balanced=true"], "set data.valid_size"),
+                        (["data.valid_size=5", "data.portion=0.9"], "set one of them")):
+        with pytest.raises(UserError, match=words):
+            load_config(None, keys)
+
+

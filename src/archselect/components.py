@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, SpaceConfig
-from .data import ImageSet, Loader, load_dataset, search_split
+from .config import RunConfig, SpaceConfig, check_search_memory
+from .data import FolderLoader, ImageFolder, Loader, load_dataset, search_split
 from .errors import UserError
 from .spaces import SPACES
 
@@ -25,29 +25,39 @@ class SearchData:
 
 
 def search_data(cfg: RunConfig) -> tuple[Any, Any]:
+    """(search-train, search-valid) of the train split: in-memory ImageSets, or ImageFolders (file lists) for a
+    folder dataset such as ImageNet."""
     d = cfg.data
     full = load_dataset(d.dataset, "train", data_dir=d.data_dir, download=d.download)
-    if not isinstance(full, ImageSet):  # a search reads its split into memory
-        raise UserError(f"data.dataset={d.dataset} is for retraining only (archselect train); search on a dataset "
-                        f"held in memory (e.g. cifar10) and transfer the architecture")
-    return search_split(full, cfg.seed, subset=d.subset, portion=d.portion)
+    return search_split(full, cfg.seed, subset=d.subset, portion=d.portion, valid_size=d.valid_size,
+                        balanced=d.valid_balanced)
 
 
 def loaders(cfg: RunConfig, device: torch.device) -> SearchData:
-    """Search-train loader (augmented, shuffled) and search-valid loader (shuffled for the paired α batches)."""
+    """Search-train loader (augmented, shuffled) and search-valid loader (unaugmented, shuffled for the paired α
+    batches)."""
     d = cfg.data
+    check_search_memory(cfg)  # before the supernet is built (for ImageNet, before its files are listed too)
     train_set, valid_set = search_data(cfg)
-    cl = cfg.search.channels_last
-    common = dict(device=device, image_size=d.image_size, channels_last=cl)
-    train = Loader(train_set, d.batch_size, seed=cfg.seed, augment=d.augment, cutout=d.cutout, **common)
-    valid = Loader(valid_set, d.batch_size, seed=cfg.seed + 1, augment=False, **common)
-    return SearchData(train, valid, int(train_set.images.shape[1]), int(train_set.num_classes))
+    common = dict(device=device, image_size=d.image_size, channels_last=cfg.search.channels_last)
+    if isinstance(train_set, ImageFolder):  # decoded from files: random-resized crop + flip / resize + centre crop
+        if d.cutout:
+            raise UserError(f"data.cutout applies to in-memory datasets, not {d.dataset}: set data.cutout=0")
+        train = FolderLoader(train_set, d.batch_size, seed=cfg.seed, augment=d.augment, workers=d.workers, **common)
+        valid = FolderLoader(valid_set, d.batch_size, seed=cfg.seed + 1, augment=False, workers=d.workers, **common)
+    else:
+        train = Loader(train_set, d.batch_size, seed=cfg.seed, augment=d.augment, cutout=d.cutout, **common)
+        valid = Loader(valid_set, d.batch_size, seed=cfg.seed + 1, augment=False, **common)
+    return SearchData(train, valid, train_set.channels, train_set.num_classes)
 
 
 def eval_loader(cfg: RunConfig, dataset, device: torch.device):
     """Unshuffled, unaugmented pass over a split, keeping every image."""
-    return Loader(dataset, cfg.data.eval_batch_size, seed=cfg.seed, augment=False, shuffle=False, drop_last=False,
-                  device=device, image_size=cfg.data.image_size, channels_last=cfg.search.channels_last)
+    common = dict(seed=cfg.seed, augment=False, shuffle=False, drop_last=False, device=device,
+                  image_size=cfg.data.image_size, channels_last=cfg.search.channels_last)
+    if isinstance(dataset, ImageFolder):
+        return FolderLoader(dataset, cfg.data.eval_batch_size, workers=cfg.data.workers, **common)
+    return Loader(dataset, cfg.data.eval_batch_size, **common)
 
 
 def space_of(cfg: RunConfig, in_channels: int, num_classes: int):

@@ -18,6 +18,8 @@ import yaml
 
 from .errors import UserError
 from .executors import EXECUTORS
+from .mobilenet_text import MBCONV_OPS, STAGE_SPECS, STEM_WIDTHS, kernel_and_expansion
+from .mobilenet_text import SPACE as SPACE_MOBILENET
 
 
 @dataclass
@@ -50,6 +52,10 @@ class DataConfig:
     download: bool = False
     subset: int | None = None    # train images used before the search split halves them
     portion: float = 0.5         # share of the (subset of the) train set that trains the weights
+    valid_size: int | None = None  # instead of portion: hold out exactly this many images for search-valid
+                                   # (ProxylessNAS on ImageNet: 50000)
+    valid_balanced: bool = False   # valid_size images drawn class by class, the same count from each (ProxylessNAS'
+                                   # released code); false: one uniform draw (its paper's "randomly sample")
     batch_size: int = 64
     eval_batch_size: int = 256
     image_size: int | None = None  # resize once at load time; None keeps the dataset's size (folder datasets such
@@ -387,6 +393,11 @@ def check(cfg: RunConfig) -> None:
         (cfg.data.eval_batch_size > 0, "data.eval_batch_size must be > 0"),
         (0.0 < cfg.data.portion < 1.0, "data.portion must be between 0 and 1"),
         (cfg.data.subset is None or cfg.data.subset > 1, "data.subset must be at least 2"),
+        (cfg.data.valid_size is None or cfg.data.valid_size >= 1, "data.valid_size must be at least 1"),
+        (cfg.data.valid_size is None or cfg.data.portion == DataConfig.portion,
+         "data.valid_size and data.portion both size search-valid: set one of them"),
+        (not cfg.data.valid_balanced or cfg.data.valid_size is not None,
+         "data.valid_balanced draws data.valid_size images per class: set data.valid_size too"),
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.space.C > 0 and cfg.space.N > 0, "space.C and space.N must be positive"),
         (cfg.space.stem_multiplier > 0, "space.stem_multiplier must be positive"),
@@ -413,6 +424,7 @@ def check(cfg: RunConfig) -> None:
 # (or takes hours just to build); they are refused up front instead of failing, or never finishing, later.
 LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.image_size": 1024,
           "data.batch_size": 65536, "data.eval_batch_size": 65536, "data.subset": 100_000_000,
+          "data.valid_size": 100_000_000,
           "data.cutout": 1024, "search.epochs": 100_000, "threads": 1024, "train.C": 1024, "train.N": 64,
           "train.epochs": 100_000, "train.batch_size": 65536, "train.subset": 100_000_000, "train.cutout": 1024,
           "train.eval_every": 100_000, "search.checkpoint_every": 10 ** 9, "search.hessian_batches": 10_000,
@@ -421,18 +433,56 @@ LIMITS = {"space.C": 1024, "space.N": 64, "space.stem_multiplier": 16, "data.ima
 MAX_ACTIVATION_BYTES = 256 << 30  # a rough upper estimate of one search step's activations
 
 
-# Datasets read from folders as they stream (data/imagefolder.py): retraining only, never a supernet search, so the
-# search step's memory estimate does not apply to their configs (ImageNet at 224 px would trip it).
-RETRAIN_ONLY_DATASETS = ("imagenet",)
+# Folder datasets (data/imagefolder.py) and the side of their images when data.image_size is unset: the crop
+# (data/folder_loader.DEFAULT_SIZE). Every in-memory dataset is at most 32 px.
+DEFAULT_SIDES = {"imagenet": 224}
+
+
+def image_side(cfg: RunConfig) -> int:
+    return cfg.data.image_size or DEFAULT_SIDES.get(cfg.data.dataset, 32)
 
 
 def estimated_activation_bytes(cfg: RunConfig) -> int:
-    """A rough estimate of one search step's activation memory: batch x channels x pixels, for every op of every
-    edge of every cell (fp32, forward kept for backward), at the largest resolution (32 when unknown)."""
-    side = cfg.data.image_size or 32
+    """A rough upper estimate of one search step's activation memory (fp32, forward kept for backward) at the
+    search's image side."""
+    side = image_side(cfg)
+    if cfg.space.name == SPACE_MOBILENET:
+        return 4 * cfg.data.batch_size * mobilenet_activations(cfg.space, side, mobilenet_blocks(cfg.search))
+    # cell spaces: batch x channels x pixels for every op of every edge of every cell, at the largest resolution
     ops, edges = 8, 14
     cells = cfg.space.N * 3 + 2
     return 4 * cfg.data.batch_size * cfg.space.C * 4 * side * side * ops * edges * cells
+
+
+def mobilenet_blocks(s: SearchConfig) -> int:
+    """Candidate blocks a search step computes per MobileNet layer: two in ProxylessNAS' two-path mode (its memory
+    saving), else all of them (the softmax mixture of the DARTS family, ProxylessNAS' `full` α step)."""
+    two_path = s.optimizer == "proxylessnas" and s.options.get("paths", "two") == "two"
+    return 2 if two_path else len(MBCONV_OPS)
+
+
+def mobilenet_activations(s: SpaceConfig, side: int, blocks: int) -> int:
+    """Values one image keeps in the MobileNet supernet (spaces/mobilenet.py's layout) when each layer computes
+    `blocks` of its candidates (the widest): each stores its expansion (at the layer's input resolution), depthwise
+    and projection outputs (at its output resolution), each as conv, BN and activation output. Widths are rounded
+    up to a multiple of 8, plus 8: an upper bound (measured: 1.2 GiB against 0.99 at width 1.0, 224 px, batch 2,
+    all blocks)."""
+    def width(c: int) -> int:
+        return math.ceil(c * s.width_mult / 8) * 8 + 8
+
+    small = s.resolution == 32  # CIFAR layout: stem and first stage keep stride 1
+    side = side if small else -(-side // 2)
+    total = 3 * (width(STEM_WIDTHS[0]) * 2 + width(STEM_WIDTHS[1])) * side * side
+    expansions = sum(sorted(kernel_and_expansion(op)[1] for op in MBCONV_OPS)[-blocks:])
+    c_in = width(STEM_WIDTHS[1])
+    layers = s.stage_layers or [n for _, n, _ in STAGE_SPECS]
+    for stage, ((w, _, stride), n) in enumerate(zip(STAGE_SPECS, layers)):
+        c_out = width(w)
+        for i in range(n):
+            out = -(-side // (stride if i == 0 and not (small and stage == 0) else 1))
+            total += 3 * (expansions * c_in * (side * side + out * out) + blocks * c_out * out * out)
+            c_in, side = c_out, out
+    return total
 
 
 def check_ranges(cfg: RunConfig) -> None:
@@ -458,11 +508,21 @@ def check_ranges(cfg: RunConfig) -> None:
     t = cfg.train
     if t.momentum < 0 or t.weight_decay < 0 or (t.nesterov and t.momentum <= 0):
         raise UserError("train.momentum and train.weight_decay must be >= 0 (train.nesterov needs momentum > 0)")
-    need = estimated_activation_bytes(cfg) if cfg.data.dataset not in RETRAIN_ONLY_DATASETS else 0
+    if cfg.data.dataset not in DEFAULT_SIDES:  # folder datasets: when a search builds its loaders (see there)
+        check_search_memory(cfg)
+
+
+def check_search_memory(cfg: RunConfig) -> None:
+    """Refuse a search whose step would need more than MAX_ACTIVATION_BYTES. `check` applies it to every config of
+    an in-memory dataset; a folder dataset's config (ImageNet) often only retrains, at 224 px, with search settings
+    it never uses, so `components.loaders` applies it when a search or a selection starts."""
+    need = estimated_activation_bytes(cfg)
     if need > MAX_ACTIVATION_BYTES:
-        raise UserError(f"space.C={cfg.space.C}, space.N={cfg.space.N}, data.batch_size={cfg.data.batch_size} and "
-                        f"data.image_size={cfg.data.image_size} need about {need / 2 ** 30:.0f} GiB of activations "
-                        f"per step, beyond the {MAX_ACTIVATION_BYTES >> 30} GiB archselect allows")
+        size = (f"space.width_mult={cfg.space.width_mult}" if cfg.space.name == SPACE_MOBILENET
+                else f"space.C={cfg.space.C}, space.N={cfg.space.N}")
+        raise UserError(f"{size}, data.batch_size={cfg.data.batch_size} and {image_side(cfg)} px images "
+                        f"(data.image_size) need about {need / 2 ** 30:.0f} GiB of activations per search step, "
+                        f"beyond the {MAX_ACTIVATION_BYTES >> 30} GiB archselect allows")
 
 
 SPLIT_CHOICES = {

@@ -1,4 +1,4 @@
-"""The MobileNet (ProxylessNAS) architecture text and its rules.
+"""The MobileNet (ProxylessNAS) architecture text and its rules, and the space's layout numbers.
 
 A MobileNet architecture names one op per searchable layer, stage by stage: six stages joined by `|`, the layers of a
 stage by `,`, after the prefix `mobilenet:`,
@@ -21,6 +21,11 @@ OPS = (*MBCONV_OPS, "zero")
 STAGES = 6
 CELL_TYPES = tuple(f"stage{s}" for s in range(1, STAGES + 1))  # one cell type per stage; its edges are its layers
 MAX_LAYERS = 16  # per stage
+# The space's layout as numbers (spaces/mobilenet.py builds it from them; config bounds its memory with them):
+# stem widths (first conv, expansion-1 block), (width, layers, first stride) per stage, head width.
+STEM_WIDTHS = (32, 16)
+STAGE_SPECS = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
+HEAD_WIDTH = 1280
 
 
 def kernel_and_expansion(op: str) -> tuple[int, int]:

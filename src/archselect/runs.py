@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +48,23 @@ def safe_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise UserError(f"{what} {name!r} is not a valid name (letters, digits, '_', '-', '.'; at most 100)")
     return name
+
+
+_LOCKED: "weakref.WeakValueDictionary[int, RunDir]" = weakref.WeakValueDictionary()  # lock fd -> its RunDir
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (an image-decoding worker, say): close the copies of this process's run-lock descriptors.
+    A child's copy would otherwise hold the lock (flock belongs to the open file, shared across fork) after the
+    parent is killed, until the child exits, and a --resume would find the run in use. Closing a copy leaves the
+    parent's lock as it is."""
+    for fd, run in list(_LOCKED.items()):
+        os.close(fd)
+        run._lock_fd = None
+    _LOCKED.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class RunDir:
@@ -187,11 +205,13 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        _LOCKED[fd] = self
         remove_stale_temporaries(self.path)
         return self
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
+            _LOCKED.pop(self._lock_fd, None)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None

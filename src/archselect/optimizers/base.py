@@ -77,6 +77,13 @@ class SearchOptimizer:
     def arch_step(self, valid, epoch: int) -> dict[str, float] | None:
         return None
 
+    def valid_batch_index(self, epoch: int, step: int, batches: int) -> int | None:
+        """Which of the epoch's `batches` search-valid batches the next `step` reads (for its α step), or None if it
+        reads none: the loop then draws none (ImageNet batches are decoded from files). DARTS pairs weight step k
+        with batch k mod `batches`. Batches are pure functions of (seed, epoch, index), so skipping one changes no
+        other."""
+        return step % batches if self.trains_alpha and not self.alpha_frozen else None
+
     def freeze_alpha(self) -> None:
         """Train the weights only from now on (not checkpointed: whoever freezes does so after every restore)."""
         self.alpha_frozen = True

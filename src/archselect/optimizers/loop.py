@@ -200,7 +200,8 @@ class SearchRun:
                 if self.step == 0:  # once per epoch, never again after a mid-epoch resume
                     self.epoch_start = self.optimizer.start_epoch(self.epoch, valid) or {}
                 for x, y in train.epoch(self.epoch, start=self.step):
-                    v = valid.batch(self.epoch, self.step % len(valid))
+                    k = self.optimizer.valid_batch_index(self.epoch, self.step, len(valid))
+                    v = None if k is None else valid.batch(self.epoch, k)
                     out = self.optimizer.step((x, y), v, self.epoch)
                     _check_finite(out, self.supernet, self.epoch, self.step, self.run)
                     self._accumulate(out)

@@ -226,6 +226,12 @@ class ProxylessNAS(DartsFirstOrder):
         self.batch_index += 1
         return out
 
+    def valid_batch_index(self, epoch: int, step: int, batches: int) -> int | None:
+        """The epoch's i-th α step reads batch i (mod `batches`), as the released code takes the next batch of its
+        validation loader for each α step: with an α step every `update_every` weight steps, pairing by weight step
+        would leave all but every `update_every`-th held-out batch unused."""
+        return (self.batch_index // self.options.update_every) % batches if self.alpha_due(epoch) else None
+
     def alpha_due(self, epoch: int) -> bool:
         o = self.options
         first = o.warmup_epochs + (1 if o.skip_first_alpha_epoch else 0)

@@ -51,7 +51,7 @@ def import_checkpoint(fmt: str, checkpoint: str | Path, out: str | Path | None =
     check(cfg)
     with _started(cfg):
         train_set, _ = search_data(cfg)
-        channels, classes = int(train_set.images.shape[1]), int(train_set.num_classes)
+        channels, classes = train_set.channels, train_set.num_classes
         if (channels, classes) != (imported.in_channels, imported.num_classes):
             raise UserError(f"the checkpoint's network takes {imported.in_channels}-channel images into "
                             f"{imported.num_classes} classes; data.dataset={cfg.data.dataset} has {channels}-channel images "

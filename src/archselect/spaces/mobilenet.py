@@ -32,16 +32,12 @@ import torch.nn.functional as F
 
 from ..arch import Architecture, mobilenet_architecture, mobilenet_stages
 from ..errors import UserError
-from ..mobilenet_text import CELL_TYPES, MAX_LAYERS, OPS, STAGES, kernel_and_expansion
+from ..mobilenet_text import (CELL_TYPES, HEAD_WIDTH, MAX_LAYERS, OPS, STAGE_SPECS, STAGES, STEM_WIDTHS,
+                              kernel_and_expansion)
 from ..supernet import Plan, Supernet, inherit_weights, weighted_sum
 from .elastic import ElasticLayer
 from .ops import bn
 
-# ProxylessNAS' mobile space: stem widths (first conv, expansion-1 block), (width, layers, first stride) per stage,
-# head width.
-STEM_WIDTHS = (32, 16)
-STAGE_SPECS = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
-HEAD_WIDTH = 1280
 RESOLUTIONS = (224, 32)
 
 
