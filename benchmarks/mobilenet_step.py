@@ -13,6 +13,7 @@ median (and minimum) over the timed steps after the warm-up steps. Prints one ma
     .venv/bin/python benchmarks/mobilenet_step.py                           # darts, gdas, snas, rsps on the CPU
     .venv/bin/python benchmarks/mobilenet_step.py --optimizers darts,fixed-alpha --device cuda --batch 32
     .venv/bin/python benchmarks/mobilenet_step.py --quick                   # 32 px layout, width 0.25, 1 layer/stage
+    .venv/bin/python benchmarks/mobilenet_step.py --optimizers proxylessnas,ofa   # the two MobileNet trainers
 
 An optimizer that refuses the space (e.g. darts-minus, which needs skip_connect) gets a row with its one-line reason.
 """
@@ -51,10 +52,12 @@ def measure(name: str, size: dict, batch: int, steps: int, warmup: int, device: 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     side = size["resolution"]
+    cls = optimizers.get(name)
+    elastic = getattr(cls, "elastic_supernet", False)  # Once-for-All: weight-sharing layers, affine BN as OFA's
     space = MobileNetSpace(resolution=side, width_mult=size["width_mult"], stage_layers=size["stage_layers"],
-                           num_classes=size["classes"])
+                           num_classes=size["classes"], elastic=elastic, bn_affine=elastic)
     net = space.supernet().to(dev, memory_format=torch.channels_last)
-    opt = optimizers.get(name)(net, SearchConfig(optimizer=name, epochs=1), steps_per_epoch=warmup + steps)
+    opt = cls(net, SearchConfig(optimizer=name, epochs=1), steps_per_epoch=warmup + steps)
 
     def data():
         x = torch.randn(batch, 3, side, side, device=dev).contiguous(memory_format=torch.channels_last)

@@ -130,6 +130,7 @@ class OnceForAll(SearchOptimizer):
     Options = OFAOptions
     trains_alpha = False
     recommended_selectors = ("ofa-search",)
+    elastic_supernet = True  # trains `space.elastic=true` supernets only (spaces/elastic.py)
 
     def __init__(self, supernet, cfg, steps_per_epoch):
         if not getattr(supernet, "elastic", False):
