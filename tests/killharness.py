@@ -116,6 +116,30 @@ def kill_and_resume(start: list[str], resume: list[str], progress: Callable[[], 
     return delivered
 
 
+def search_survives_kills(root: Path, args: list[str], kills: int, seed: int, spread: int, what: str = "search"
+                          ) -> list[Kill]:
+    """`archselect search ARGS` into ROOT/reference uninterrupted and into ROOT/killed with up to `kills` SIGKILLs
+    (each resumed with --resume); asserts that a kill was delivered and that both runs end with the same metrics and
+    the same saved supernet. Returns the kills (ROOT/killed and ROOT/reference stay for further checks)."""
+    import torch
+
+    from archselect.cli import main
+    from archselect.files import load_latest_checkpoint
+    from test_cli import comparable_metrics
+
+    reference, killed = root / "reference", root / "killed"
+    assert main(["search", "--out", str(reference), *args]) == 0
+    delivered = kill_and_resume(["search", "--out", str(killed), *args], ["search", "--resume", str(killed)],
+                                progress=lambda: saved_files(killed), kills=kills, seed=seed, max_delay=0.5,
+                                spread=spread)
+    assert delivered, f"{what}: no kill was delivered; make the tiny run longer"
+    assert comparable_metrics(killed) == comparable_metrics(reference)
+    a = load_latest_checkpoint(killed, "supernet")["supernet"]
+    b = load_latest_checkpoint(reference, "supernet")["supernet"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    return delivered
+
+
 # -- kills inside a write (tests/killpoint.py) -------------------------------------------------------------------------
 
 KILLPOINT = Path(__file__).with_name("killpoint.py")

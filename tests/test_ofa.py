@@ -15,7 +15,6 @@ from archselect.cli import main
 from archselect.config import load_config
 from archselect.errors import UserError
 from archselect.evaluate.flops import count_flops
-from archselect.files import load_latest_checkpoint
 from archselect.mobilenet_text import OPS
 from archselect.optimizers.ofa import OnceForAll, Phase, phase_bounds
 from archselect.scoring.bn_calibration import recalibrate_bn
@@ -367,24 +366,14 @@ def test_evolution_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ofa_search_killed_and_resumed(tmp_path, capsys):
+def test_ofa_search_killed_and_resumed(tmp_path):
     """The trainer's own state across SIGKILLs: phase starts (teacher snapshot, channel sorting, fresh SGD state),
     the per-step schedule and the drawn sub-networks (the checkpointed RNG)."""
-    from killharness import kill_and_resume, saved_files
-    from test_cli import comparable_metrics
+    from killharness import search_survives_kills
 
     data = tiny_idx_dir(tmp_path / "data")
     args = [f"data.data_dir={data}", "space.name=mobilenet", "space.elastic=true", "space.bn_affine=true",
             "space.resolution=32", "space.width_mult=0.25", "space.stage_layers=[2,2,1,1,1,1]", "data.batch_size=32",
             "search.optimizer=ofa", "search.epochs=4", f"search.options.phases={PHASES}", "threads=1",
             "search.checkpoint_every=1"]
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert main(["search", "--out", str(reference), *args]) == 0
-    capsys.readouterr()
-    kills = kill_and_resume(["search", "--out", str(killed), *args], ["search", "--resume", str(killed)],
-                            progress=lambda: saved_files(killed), kills=3, seed=0, max_delay=0.5, spread=6)
-    assert kills, "no kill was delivered; make the tiny run longer"
-    assert comparable_metrics(killed) == comparable_metrics(reference)
-    a = load_latest_checkpoint(killed, "supernet")["supernet"]
-    b = load_latest_checkpoint(reference, "supernet")["supernet"]
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    search_survives_kills(tmp_path, args, kills=3, seed=0, spread=6)

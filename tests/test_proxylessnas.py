@@ -15,7 +15,6 @@ from archselect.cli import main
 from archselect.config import SearchConfig, load_config
 from archselect.errors import UserError
 from archselect.evaluate.flops import count_flops
-from archselect.files import load_latest_checkpoint
 from archselect.mobilenet_text import CELL_TYPES, OPS
 from archselect.optimizers import OPTIMIZERS
 from archselect.optimizers.latency import flops_table, read_table
@@ -351,9 +350,8 @@ def test_cli_search_then_every_selector(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_search_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, capsys):
-    from killharness import kill_and_resume, saved_files
-    from test_cli import comparable_metrics
+def test_search_killed_and_resumed_equals_an_uninterrupted_one(tmp_path):
+    from killharness import search_survives_kills
 
     data = tiny_idx_dir(tmp_path / "data")
     args = [f"data.data_dir={data}", "space.name=mobilenet", "space.resolution=32", "space.width_mult=0.25",
@@ -362,16 +360,7 @@ def test_search_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, capsys)
             "search.options.warmup_epochs=1", "search.options.skip_first_alpha_epoch=false",
             "search.options.latency=mul-log",
             "search.options.latency_target=300000"]
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert main(["search", "--out", str(reference), *args]) == 0
-    capsys.readouterr()
-    kills = kill_and_resume(["search", "--out", str(killed), *args], ["search", "--resume", str(killed)],
-                            progress=lambda: saved_files(killed), kills=2, seed=0, max_delay=0.5, spread=12)
-    assert kills, "no kill was delivered; make the tiny run longer"
-    assert comparable_metrics(killed) == comparable_metrics(reference)
-    a = load_latest_checkpoint(killed, "supernet")["supernet"]
-    b = load_latest_checkpoint(reference, "supernet")["supernet"]
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    search_survives_kills(tmp_path, args, kills=2, seed=0, spread=12)
 
 
 def test_the_paper_config_loads_and_builds_the_optimizer():
