@@ -357,17 +357,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_small_file(path: str | Path, where: str) -> bytes:
+    """The bytes of a config-sized file (at most MAX_CONFIG_BYTES); a missing, oversized or unreadable file is a
+    one-line UserError naming `where`."""
     p = Path(path)
     try:
         if not p.is_file():
-            raise UserError(f"config file {p} does not exist")
+            raise UserError(f"{where} does not exist")
         if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise UserError(f"config file {p} is too large for a config ({p.stat().st_size} bytes)")
-        text = p.read_bytes()
+            raise UserError(f"{where} is too large ({p.stat().st_size} bytes, at most {MAX_CONFIG_BYTES})")
+        return p.read_bytes()
     except OSError as e:
-        raise UserError(f"cannot read config file {p} ({e.strerror or e})") from None
-    data = safe_yaml(text, f"config file {p}")
+        raise UserError(f"cannot read {where} ({e.strerror or e})") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    data = safe_yaml(read_small_file(p, f"config file {p}"), f"config file {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..config import MAX_CONFIG_BYTES, did_you_mean, safe_yaml
+from ..config import did_you_mean, read_small_file, safe_yaml
 from ..errors import UserError
 from ..evaluate.flops import counting
 from ..supernet import Supernet
@@ -55,14 +55,7 @@ def read_table(path: str, supernet: Supernet) -> CostTable:
     """The table file at `path` for `supernet`'s edges and ops (formats in the module docstring)."""
     where = f"latency table {path}"
     p = Path(path).expanduser()
-    try:
-        if not p.is_file():
-            raise UserError(f"{where} does not exist")
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise UserError(f"{where} is too large ({p.stat().st_size} bytes, at most {MAX_CONFIG_BYTES})")
-        text = p.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {where} ({e.strerror or e})") from None
+    text = read_small_file(p, where)
     if p.suffix.lower() == ".csv":
         entries, fixed, stages = _csv_entries(text, where)
     else:
