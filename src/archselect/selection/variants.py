@@ -52,13 +52,9 @@ def make_selector(name: str, options: dict[str, Any] | None = None, variants: di
 
 
 def make_selectors(names: Iterable[str], select: Any) -> list[Selector]:
-    """Every selector of `names` under a SelectConfig's options and variants; an unknown name fails before any
-    selector is built."""
-    names = list(names)
+    """Every selector of `names` under a SelectConfig's options and variants (building one has no side effects, so
+    an unknown name or bad option still fails before any work); every variant is checked, used or not."""
     check_variants(select.variants)
-    for n in names:
-        if n not in select.variants:
-            SELECTORS.get(n)
     return [make_selector(n, select.options, select.variants) for n in names]
 
 
