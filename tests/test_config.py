@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,26 @@ def test_the_search_memory_bound_counts_imagenets_side_and_the_mobilenet_layout(
         check_search_memory(imagenet)
     with pytest.raises(UserError, match="32 px"):  # an in-memory dataset's config is refused as it loads
         load_config(None, ["space.C=16", "space.N=1", "data.batch_size=2048"])
+
+
+def test_the_search_memory_bound_counts_one_process_share_and_ofas_one_block(monkeypatch):
+    """OFA's ImageNet protocol (global batch 2048, elastic blocks): refused in one process, accepted under torchrun
+    with 8 processes (256 images each); an elastic supernet keeps one block per layer, six times fewer than the
+    same layers mixed."""
+    from archselect.config import check_search_memory, estimated_activation_bytes
+
+    ofa = load_config(Path(__file__).resolve().parents[1] / "configs" / "mobilenet-ofa-imagenet.yaml")
+    with pytest.raises(UserError, match="data.batch_size=2048 and 224 px"):
+        check_search_memory(ofa)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    check_search_memory(ofa)
+    assert estimated_activation_bytes(ofa, 8) * 8 == estimated_activation_bytes(ofa)
+    mixed = dataclasses.replace(ofa, space=dataclasses.replace(ofa.space, elastic=False),
+                                search=dataclasses.replace(ofa.search, optimizer="darts"))
+    assert estimated_activation_bytes(mixed) > 4 * estimated_activation_bytes(ofa)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="in each of 2 processes"):
+        check_search_memory(dataclasses.replace(ofa, data=dataclasses.replace(ofa.data, batch_size=4096)))
 
 
 def test_valid_size_rules():

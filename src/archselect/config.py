@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .distributed import launch_env
 from .executors import EXECUTORS
 from .mobilenet_text import MBCONV_OPS, STAGE_SPECS, STEM_WIDTHS, kernel_and_expansion
 from .mobilenet_text import SPACE as SPACE_MOBILENET
@@ -448,21 +449,28 @@ def image_side(cfg: RunConfig) -> int:
     return cfg.data.image_size or DEFAULT_SIDES.get(cfg.data.dataset, 32)
 
 
-def estimated_activation_bytes(cfg: RunConfig) -> int:
-    """A rough upper estimate of one search step's activation memory (fp32, forward kept for backward) at the
-    search's image side."""
+def estimated_activation_bytes(cfg: RunConfig, processes: int = 1) -> int:
+    """A rough upper estimate of one search step's activation memory in one process (fp32, forward kept for
+    backward) at the search's image side. Under torchrun each of the `processes` computes its share of the global
+    batch (docs/scaling.md)."""
     side = image_side(cfg)
+    batch = -(-cfg.data.batch_size // processes)
     if cfg.space.name == SPACE_MOBILENET:
-        return 4 * cfg.data.batch_size * mobilenet_activations(cfg.space, side, mobilenet_blocks(cfg.search))
+        return 4 * batch * mobilenet_activations(cfg.space, side, mobilenet_blocks(cfg))
     # cell spaces: batch x channels x pixels for every op of every edge of every cell, at the largest resolution
     ops, edges = 8, 14
     cells = cfg.space.N * 3 + 2
-    return 4 * cfg.data.batch_size * cfg.space.C * 4 * side * side * ops * edges * cells
+    return 4 * batch * cfg.space.C * 4 * side * side * ops * edges * cells
 
 
-def mobilenet_blocks(s: SearchConfig) -> int:
-    """Candidate blocks a search step computes per MobileNet layer: two in ProxylessNAS' two-path mode (its memory
-    saving), else all of them (the softmax mixture of the DARTS family, ProxylessNAS' `full` α step)."""
+def mobilenet_blocks(cfg: RunConfig) -> int:
+    """Candidate blocks a search step keeps for backward per MobileNet layer: one on Once-for-All's elastic supernet
+    (a sub-network is a cut of each layer's one shared block, and OFA's sub-networks of a step each run forward and
+    backward in turn); two in ProxylessNAS' two-path mode (its memory saving); else all of them (the softmax
+    mixture of the DARTS family, ProxylessNAS' `full` α step)."""
+    s = cfg.search
+    if cfg.space.elastic:
+        return 1
     two_path = s.optimizer == "proxylessnas" and s.options.get("paths", "two") == "two"
     return 2 if two_path else len(MBCONV_OPS)
 
@@ -522,12 +530,15 @@ def check_search_memory(cfg: RunConfig) -> None:
     """Refuse a search whose step would need more than MAX_ACTIVATION_BYTES. `check` applies it to every config of
     an in-memory dataset; a folder dataset's config (ImageNet) often only retrains, at 224 px, with search settings
     it never uses, so `components.loaders` applies it when a search or a selection starts."""
-    need = estimated_activation_bytes(cfg)
+    launch = launch_env()
+    processes = launch.world_size if launch else 1
+    need = estimated_activation_bytes(cfg, processes)
     if need > MAX_ACTIVATION_BYTES:
         size = (f"space.width_mult={cfg.space.width_mult}" if cfg.space.name == SPACE_MOBILENET
                 else f"space.C={cfg.space.C}, space.N={cfg.space.N}")
         raise UserError(f"{size}, data.batch_size={cfg.data.batch_size} and {image_side(cfg)} px images "
-                        f"(data.image_size) need about {need / 2 ** 30:.0f} GiB of activations per search step, "
+                        f"(data.image_size) need about {need / 2 ** 30:.0f} GiB of activations per search step"
+                        f"{f' in each of {processes} processes' if processes > 1 else ''}, "
                         f"beyond the {MAX_ACTIVATION_BYTES >> 30} GiB archselect allows")
 
 
