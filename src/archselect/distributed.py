@@ -20,6 +20,7 @@ of the gradients after backward costs the same message size; benchmarks/ddp_spee
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
@@ -142,6 +143,12 @@ def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> None:
     _flat_collective(list(tensors), op)
 
 
+def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
+    """Replace each tensor, in place, by its sum over the ranks."""
+    if active() and tensors:
+        _flat_collective(list(tensors), dist.all_reduce)
+
+
 def broadcast(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
     """Overwrite each tensor, in place, with rank `src`'s value."""
     if active() and tensors:
@@ -207,6 +214,24 @@ def sync_module(module: torch.nn.Module, tolerance: float = 1e-4) -> None:
     if drift.item() > tolerance:
         raise RuntimeError(f"supernet parameters differ across ranks by {drift.item():.3g}: an optimizer updated "
                            f"them without averaging gradients (see archselect.distributed.average_gradients)")
+
+
+def check_same_rng() -> None:
+    """Raise unless torch's random generators (the CPU one, and the current CUDA device's once CUDA is in use) are in
+    the same state on every rank. Sampling optimizers draw their paths and sub-networks from them on every rank
+    alike (GDAS, SNAS, RSPS, ProxylessNAS, Once-for-All); a rank that drew more or less would train another network."""
+    if not active():
+        return
+    states = [torch.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.append(torch.cuda.get_rng_state())
+    digest = hashlib.blake2b(b"".join(s.numpy().tobytes() for s in states), digest_size=7).digest()
+    value = int.from_bytes(digest, "little")
+    extremes = torch.tensor([value, -value], dtype=torch.int64, device=_comm_device())
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # [max, -min]
+    if extremes[0] != -extremes[1]:
+        raise RuntimeError("torch's random generator differs across ranks: some rank drew random numbers the others "
+                           "did not, so their sampled paths would differ")
 
 
 # -- data -------------------------------------------------------------------------------------------------------------

@@ -193,6 +193,7 @@ class SearchRun:
         cfg = self.cfg.search
         train, valid = self.data.train, self.data.valid
         distributed.sync_module(self.supernet)  # every rank starts from rank 0's (fresh or restored) supernet
+        distributed.check_same_rng()  # and draws what rank 0 draws (sampled paths, sub-networks)
         while self.epoch < self.until:
             start_time = time.perf_counter() - self.meters.get("seconds", 0.0)
             with logs.Progress(f"epoch {self.epoch + 1}/{cfg.epochs}", len(train), done=self.step,
@@ -225,6 +226,7 @@ class SearchRun:
         lr = self.optimizer.lr
         self.optimizer.end_epoch(self.epoch)
         distributed.sync_module(self.supernet)  # rank 0's BN running statistics everywhere, before eval and save
+        distributed.check_same_rng()
         # Each rank evaluates its equal slice of every batch: the mean of the ranks' means is the full-batch mean.
         model, weights = self.optimizer.evaluation(self.data.train)
         valid_loss, valid_acc = loss_and_accuracy(model, self.data.valid, weights=weights)

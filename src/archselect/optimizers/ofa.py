@@ -25,6 +25,9 @@ linear warm-up from `warmup_lr`, stepped per batch; and, when it brings an expan
 before, OFA's channel sorting (`reorder`): each layer's hidden channels by the L1 norm of their projection weights,
 within the widths trained before. α is never used: the architecture comes from searching the sub-networks
 (the `ofa-search` selector).
+
+Sub-networks are drawn from torch's global generator, which the search loop checkpoints; under torchrun every rank
+draws the same ones from the same state (docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -275,7 +278,9 @@ class OnceForAll(SearchOptimizer):
 
     def evaluation(self, train) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         """The end-of-epoch evaluation runs the full network with its BN statistics recalibrated on the epoch's first
-        `eval_bn_batches` search-train batches, on a copy (the shared statistics blend every sampled sub-network)."""
+        `eval_bn_batches` search-train batches, on a copy (the shared statistics blend every sampled sub-network).
+        Under torchrun every rank recalibrates its copy with its slice of those batches and the whole batches'
+        statistics (all-reduced per BN), so every rank evaluates the copy one process would."""
         device = self.supernet.alphas[self.supernet.cell_types[0]].device
         weights = self.full.weights(self.full.largest(), device)
         n = min(self.options.eval_bn_batches, len(train))
@@ -283,7 +288,7 @@ class OnceForAll(SearchOptimizer):
             return self.supernet, weights
         model = copy.deepcopy(self.supernet)
         epoch = max(self.position[0], 0)
-        recalibrate_bn(model, weights, [train.batch(epoch, k) for k in range(n)])
+        recalibrate_bn(model, weights, [train.batch(epoch, k) for k in range(n)], across_ranks=True)
         return model, weights
 
     def end_epoch(self, epoch: int) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..mobilenet_text import kernel_and_expansion
 from ..supernet import weighted_sum
-from .ops import bn
+from .ops import batch_norm, bn, tracking_factor
 
 
 def centre_crop(kernel: torch.Tensor, size: int) -> torch.Tensor:
@@ -48,21 +48,19 @@ def transform_kernel(kernel: torch.Tensor, size: int, matrix: torch.Tensor) -> t
 
 def sliced_batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """Batch norm of x's channels with the first x.shape[1] channels of `norm` (parameters and running statistics,
-    updated in place through the slices), following nn.BatchNorm2d's rules for train/eval and tracking."""
+    updated in place through the slices), following nn.BatchNorm2d's rules for train/eval and tracking (and
+    ops.batch_norm's for stacked settings and global statistics)."""
     d = x.shape[1]
     if d == norm.num_features:
         return norm(x)
-    factor = 0.0 if norm.momentum is None else norm.momentum
-    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
-        norm.num_batches_tracked.add_(1)
-        factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    factor = tracking_factor(norm)
     batch_stats = norm.training or norm.running_mean is None
     keep = not norm.training or norm.track_running_stats
     mean = norm.running_mean[:d] if keep and norm.running_mean is not None else None
     var = norm.running_var[:d] if keep and norm.running_var is not None else None
     weight = None if norm.weight is None else norm.weight[:d]
     bias = None if norm.bias is None else norm.bias[:d]
-    return F.batch_norm(x, mean, var, weight, bias, batch_stats, factor, norm.eps)
+    return batch_norm(x, mean, var, weight, bias, batch_stats, factor, norm.eps)
 
 
 class ElasticLayer(nn.Module):

@@ -42,8 +42,63 @@ def per_setting(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sett
     return torch.cat([f(part) for part in x.chunk(settings)])
 
 
+# BN recalibration under torchrun (scoring/bn_calibration.py): each process holds a slice of every batch, and the
+# statistics must be the whole batch's, so the per-channel sums of each batch norm are summed over the processes.
+GLOBAL_SUM: ContextVar[Callable[[list[torch.Tensor]], None] | None] = ContextVar("global_sum", default=None)
+
+
+@contextmanager
+def global_statistics(all_sum: Callable[[list[torch.Tensor]], None]) -> Iterator[None]:
+    """Batch norms in training mode normalise by, and track, the statistics of the global batch, of which each
+    process holds a slice: `all_sum` replaces a list of tensors, in place, by their sums over the processes."""
+    token = GLOBAL_SUM.set(all_sum)
+    try:
+        yield
+    finally:
+        GLOBAL_SUM.reset(token)
+
+
+def global_batch_norm(x: torch.Tensor, mean, var, weight, bias, momentum: float, eps: float,
+                      all_sum: Callable[[list[torch.Tensor]], None]) -> torch.Tensor:
+    """Training-mode batch norm by the statistics of the global batch: per channel the count and the sum, then the
+    sum of squared deviations from the global mean (two passes, float64 sums), each summed over the processes. The
+    running `mean` and `var` (when given) move by `momentum` towards the mean and the unbiased variance, as
+    F.batch_norm moves them. Forward only: no gradient flows back through the other processes' statistics."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError("global batch statistics are for passes without gradients (BN recalibration)")
+    dims = [d for d in range(x.dim()) if d != 1]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    count = torch.tensor([x.numel() // max(x.shape[1], 1)], dtype=torch.float64, device=x.device)
+    total = x.sum(dims, dtype=torch.float64)
+    all_sum([count, total])
+    batch_mean = total / count
+    squares = (x - batch_mean.to(x.dtype).view(shape)).square().sum(dims, dtype=torch.float64)
+    all_sum([squares])
+    batch_var = squares / count
+    if mean is not None:
+        with torch.no_grad():
+            mean.mul_(1 - momentum).add_(batch_mean.to(mean.dtype), alpha=momentum)
+            var.mul_(1 - momentum).add_((batch_var * count / (count - 1)).to(var.dtype), alpha=momentum)
+    return F.batch_norm(x, batch_mean.to(x.dtype), batch_var.to(x.dtype), weight, bias, False, 0.0, eps)
+
+
+def tracking_factor(norm: nn.modules.batchnorm._BatchNorm) -> float:
+    """The running-statistics factor of `norm`'s next batch, counting the batch as nn.BatchNorm2d does (training and
+    tracking: num_batches_tracked + 1; momentum None: the cumulative average 1/num_batches_tracked)."""
+    factor = 0.0 if norm.momentum is None else norm.momentum
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            factor = 1.0 / float(norm.num_batches_tracked)
+    return factor
+
+
 def batch_norm(x: torch.Tensor, mean, var, weight, bias, training: bool, momentum: float, eps: float) -> torch.Tensor:
-    """F.batch_norm, with batch statistics per stacked setting (see `stacked`)."""
+    """F.batch_norm, with batch statistics per stacked setting (see `stacked`) or of the global batch (see
+    `global_statistics`)."""
+    all_sum = GLOBAL_SUM.get()
+    if all_sum is not None and training:
+        return global_batch_norm(x, mean, var, weight, bias, momentum, eps, all_sum)
     n = STACKED.get()
     if n == 1 or not training:
         return F.batch_norm(x, mean, var, weight, bias, training, momentum, eps)
@@ -53,10 +108,17 @@ def batch_norm(x: torch.Tensor, mean, var, weight, bias, training: bool, momentu
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d, with batch statistics per stacked setting (see `stacked`); same parameters and buffers."""
+    """nn.BatchNorm2d, with batch statistics per stacked setting (see `stacked`) or of the global batch (see
+    `global_statistics`); same parameters and buffers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if STACKED.get() == 1 or not (self.training or self.running_mean is None):  # running statistics: per image
+        if not (self.training or self.running_mean is None):  # running statistics: per image
+            return super().forward(x)
+        if GLOBAL_SUM.get() is not None:  # the global batch's statistics
+            track = self.track_running_stats
+            return batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                              self.weight, self.bias, True, tracking_factor(self), self.eps)
+        if STACKED.get() == 1:
             return super().forward(x)
         # batch statistics, per setting; `batch_norm` refuses the running statistics a tracking BN would update
         track = self.track_running_stats
@@ -154,11 +216,7 @@ def scaled_bn(norm: nn.BatchNorm2d, x: torch.Tensor, scale: Weight = 1.0) -> tor
     dtype = ref.dtype if ref is not None else x.dtype
     s = torch.as_tensor(scale, dtype=dtype, device=x.device).expand(C).contiguous()
     weight, bias = (norm.weight * s, norm.bias * s) if norm.affine else (s, None)
-    momentum = 0.0 if norm.momentum is None else norm.momentum
-    if norm.training and norm.track_running_stats:
-        norm.num_batches_tracked.add_(1)
-        if norm.momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(norm.num_batches_tracked)
+    momentum = tracking_factor(norm)
     use_running = not norm.training or norm.track_running_stats
     return batch_norm(x, norm.running_mean if use_running else None, norm.running_var if use_running else None,
                       weight, bias, norm.training or norm.running_mean is None, momentum, norm.eps)
