@@ -9,11 +9,13 @@ On its supernet the `shapley` selector runs, in process and single-threaded:
   kernel       M batches of KernelSHAP coalitions, the count per batch set so that its forward passes match the
                permutation rows' median, R seeds
   stratified   M permutations drawn together, each player's removal time stratified over them, R seeds
+  small batch  `permutation` with `--split` x M permutations of batch/`--split` images: the same images, R seeds
 
 Columns (medians over the R seeds, except the spread): forward passes (the Cost of the selection, the budget that
 is compared); stderr = the estimator's own standard error, averaged over players; spread = the standard deviation of
 φ̂ over the R seeds, averaged over players (the variance each estimator really has); var/pass gain = (spread² x
 passes) of permutation over the same of the row, i.e. how many times fewer passes it needs for one variance;
+var/image gain = the same with images instead of passes (the compute, at unequal batch sizes);
 rmse = the root mean square distance of φ̂ from the reference's φ (variance and bias, the reference's own noise
 included); agree = the fraction of edges whose chosen op (argmax of the scores) is the reference's; seconds (noisy: shared CPU).
 Truncation (`threshold`, 0.5) applies to permutation, antithetic and the reference; kernel estimates the untruncated
@@ -21,6 +23,11 @@ Shapley value, so its agreement with a truncated reference also measures truncat
 
     .venv/bin/python benchmarks/shapley_variance.py                           # a 3-epoch demo search, made now
     .venv/bin/python benchmarks/shapley_variance.py --run runs/demo --repeats 8 --reference 400
+
+Then, where the variance of a permutation row comes from (`--sources P`, 0 to skip): over the reference's rows, the
+share of Σ (Δ − φ̂)² from the removal that truncated its permutation, from players a truncation cut off (Δ = 0), and
+from the rest; and, P permutations each rescored on 6 fresh batches, the share of a row's variance that is the
+batch's (the mean over permutations of the variance over batches, over the total).
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ from pathlib import Path
 import torch
 
 from archselect.runs import open_run
+from archselect.scoring import shapley
+from archselect.scoring.cost import Cost
 from archselect.selection.shapley import ShapleySelector
 from archselect.selection.stage import build_context
 
@@ -53,7 +62,7 @@ def select(ctx, seed: int, options: dict):
     s = ShapleySelector(options).select(ctx)
     scores = torch.cat([torch.tensor(m, dtype=torch.float64) for m in s.scores.values()])
     stderr = torch.cat([torch.tensor(m, dtype=torch.float64) for m in s.stderr.values()])
-    return scores, stderr, s.cost.forward, s.cost.seconds
+    return scores, stderr, s.cost.forward, s.cost.seconds, s.cost.images
 
 
 def summarise(name: str, runs: list, reference: torch.Tensor, ref_scores: torch.Tensor, enabled: torch.Tensor
@@ -61,6 +70,7 @@ def summarise(name: str, runs: list, reference: torch.Tensor, ref_scores: torch.
     scores = torch.stack([r[0] for r in runs])
     choice = scores.masked_fill(~enabled, -float("inf")).argmax(-1)
     return {"estimator": name, "passes": statistics.median(r[2] for r in runs),
+            "images": statistics.median(r[4] for r in runs),
             "rmse": float(((scores - ref_scores)[:, enabled] ** 2).mean().sqrt()),
             "stderr": statistics.median(float(r[1][enabled].mean()) for r in runs),
             "spread": float(scores.std(0)[enabled].mean()),
@@ -76,6 +86,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference", type=int, default=200, help="permutations of the reference run")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--split", type=int, default=4, help="the small-batch row: this many times the permutations of "
+                   "batch-size / split images each")
+    p.add_argument("--sources", type=int, default=12, help="permutations rescored on 6 batches (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +97,7 @@ def main() -> None:
     ctx.workdir = None  # no progress files
     enabled = torch.cat([ctx.supernet.mask(ct).cpu() for ct in ctx.supernet.cell_types])
     common = {"batch_size": args.batch_size}
-    ref_scores, _, ref_passes, _ = select(ctx, 1000, {**common, "permutations": args.reference})
+    ref_scores, _, ref_passes, _, _ = select(ctx, 1000, {**common, "permutations": args.reference})
     reference = ref_scores.masked_fill(~enabled, -float("inf")).argmax(-1)
     seeds = range(args.repeats)
     m = args.permutations
@@ -95,18 +108,60 @@ def main() -> None:
     rows["kernel"] = [select(ctx, s, {**common, "permutations": m, "estimator": "kernel", "coalitions": coalitions})
                       for s in seeds]
     rows["stratified"] = [select(ctx, s, {**common, "permutations": m, "estimator": "stratified"}) for s in seeds]
+    small = {"permutations": m * args.split, "batch_size": args.batch_size // args.split}
+    rows[f"permutation, {small['permutations']} x batch {small['batch_size']}"] = [select(ctx, s, small) for s in seeds]
     table = [summarise(name, r, reference, ref_scores, enabled) for name, r in rows.items()]
-    base = table[0]["spread"] ** 2 * table[0]["passes"]
+    base = table[0]["spread"] ** 2
     print(f"shapley on {run.path} ({int(enabled.sum())} players), batch {args.batch_size}; reference: "
           f"{args.reference} permutations, {ref_passes} passes; {args.repeats} seeds, M = {m} "
           f"(kernel: {coalitions} coalitions per batch)\n")
-    print("| estimator | forward passes | mean stderr | spread over seeds | var/pass gain | rmse vs reference "
-          "| agree with reference | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| estimator | forward passes | images | mean stderr | spread over seeds | var/pass gain | var/image gain "
+          "| rmse vs reference | agree with reference | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for t in table:
-        gain = base / (t["spread"] ** 2 * t["passes"])
-        print(f"| {t['estimator']} | {t['passes']:.0f} | {t['stderr']:.4f} | {t['spread']:.4f} | {gain:.2f}x "
-              f"| {t['rmse']:.4f} | {t['agree']:.2f} | {t['seconds']:.1f} |")
+        gain = {unit: base * table[0][unit] / (t["spread"] ** 2 * t[unit]) for unit in ("passes", "images")}
+        print(f"| {t['estimator']} | {t['passes']:.0f} | {t['images']:.0f} | {t['stderr']:.4f} | {t['spread']:.4f} "
+              f"| {gain['passes']:.2f}x | {gain['images']:.2f}x | {t['rmse']:.4f} | {t['agree']:.2f} "
+              f"| {t['seconds']:.1f} |")
+    if args.sources:
+        print_sources(ctx, args)
+
+
+def print_sources(ctx, args) -> None:
+    """Where a permutation row's variance comes from (see the module's docstring)."""
+    opts = shapley.ShapleyOptions(permutations=args.reference, batch_size=args.batch_size)
+    source = shapley.batch_source(ctx.valid, opts, 1000)
+    est = shapley.estimate(ctx.supernet, source, opts, 1000, Cost())
+    rows, n = est.contributions.shape
+    position = torch.argsort(torch.tensor([shapley.permutation(n, 1000, j) for j in range(rows)]), 1)
+    removed = torch.tensor(est.removed)[:, None]
+    squares = (est.contributions - est.contributions.mean(0)) ** 2
+    shares = {"the truncating removal": squares[position == removed - 1].sum(),
+              "players cut off by truncation": squares[position >= removed].sum()}
+    shares["the other removals"] = squares.sum() - sum(shares.values())
+    batch = batch_share(ctx, opts, args.sources)
+    print(f"\nwhere a row's variance comes from ({rows} rows of the reference; batch: {args.sources} permutations "
+          f"x 6 batches)\n\n| source | share |\n|---|---|")
+    for name, value in shares.items():
+        print(f"| {name} | {float(value / squares.sum()):.2f} |")
+    print(f"| the batch (within a permutation) | {batch:.2f} |")
+
+
+def batch_share(ctx, opts, permutations: int, batches: int = 6) -> float:
+    """Mean over `permutations` of the variance of a row over `batches` batches, over the variance of all rows."""
+    source = shapley.batch_source(ctx.valid, opts, 5)
+    players, base = shapley.players_of(ctx.supernet), ctx.supernet.mixing_weights(detach=True)
+    out = torch.zeros(permutations, batches, len(players), dtype=torch.float64)
+    for j in range(permutations):
+        order = shapley.permutation(len(players), 5, j)
+        for b in range(batches):
+            ev = opts.make_evaluator(ctx.supernet, shapley.fresh_batches(source, j * batches + b, 1), Cost())
+
+            def values(coalitions, ev=ev):
+                return [o.accuracy for o in ev.many([shapley.without(base, players, c) for c in coalitions])]
+            out[j, b] = torch.tensor(shapley.removal_contributions(values, len(players), order, opts.threshold,
+                                                                   ev.stack).contributions)
+    return float(out.var(1).mean() / out.reshape(-1, len(players)).var(0).mean())
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def test_estimate_options():
     # untruncated, each permutation's contributions sum to v(all) − v(none) on its own batch
     zero = {"cell": torch.zeros(6, 5)}
     for j, (row, full) in enumerate(zip(est.contributions, est.full)):
-        batches = shapley_mod._fresh_batches(batch_source(ctx.valid, o, 0), j, 1)
+        batches = shapley_mod.fresh_batches(batch_source(ctx.valid, o, 0), j, 1)
         empty = MaskedEvaluator(ctx.supernet, batches)(zero).accuracy
         assert row.sum().item() == pytest.approx(full - empty, abs=1e-12)
     with pytest.raises(Exception, match="estimate"):
@@ -301,7 +301,7 @@ def test_estimators_on_a_supernet_are_efficient_per_row(estimator):
     assert 0 < cost.forward <= passes
     zero = {"cell": torch.zeros(6, 5)}
     for j, (row, full) in enumerate(zip(est.contributions, est.full)):
-        batches = shapley_mod._fresh_batches(batch_source(ctx.valid, o, 0), j, 1)
+        batches = shapley_mod.fresh_batches(batch_source(ctx.valid, o, 0), j, 1)
         empty = MaskedEvaluator(ctx.supernet, batches)(zero).accuracy
         assert row.sum().item() == pytest.approx(full - empty, abs=1e-12)
 
@@ -419,3 +419,34 @@ def test_shapley_search_resumes_mid_epoch_without_a_second_update(tmp_path, caps
 
     a, b = final(tmp_path / "a"), final(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_selector_spends_its_images_on_permutations_and_the_search_keeps_the_papers():
+    """The selector's default: 40 permutations of 64 images (docs/selectors.md §3); the search mode: the paper's 10
+    of 1024."""
+    from archselect.optimizers.shapley import ShapleySearchOptions
+
+    assert (ShapleyOptions().permutations, ShapleyOptions().batch_size) == (40, 64)
+    assert (ShapleySearchOptions().permutations, ShapleySearchOptions().batch_size) == (10, 1024)
+
+
+def test_variance_benchmark_splits_a_rows_variance_into_its_sources(capsys):
+    """benchmarks/shapley_variance.py's sources table on a tiny supernet: the three removal shares add up to 1 and
+    the batch's share is a share."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "shapley_variance", Path(__file__).resolve().parents[1] / "benchmarks" / "shapley_variance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ctx = tiny_context()
+    random_alphas(ctx.supernet)
+    bench.print_sources(ctx, argparse.Namespace(reference=6, batch_size=16, sources=2))
+    lines = capsys.readouterr().out.splitlines()
+    shares = {line.split(" | ")[0][2:]: float(line.split(" | ")[1].rstrip(" |")) for line in lines
+              if line.startswith("| ") and line[2:6] != "sour"}
+    assert len(shares) == 4
+    assert sum(v for k, v in shares.items() if "batch" not in k) == pytest.approx(1.0, abs=0.011)
+    assert 0 <= shares["the batch (within a permutation)"] <= 2

@@ -27,6 +27,7 @@ from .base import OPTIMIZERS, SearchOptimizer
 
 @dataclass
 class ShapleySearchOptions(ShapleyOptions):
+    permutations: int = 10             # per epoch (paper: 10)
     batch_size: int = 1024             # images per permutation (paper: 1024)
     warmup_epochs: int | None = None   # weight-only epochs first (paper: 25 of 50; null: half of search.epochs)
     momentum: float = 0.8              # β of the momentum average (paper: 0.8)
