@@ -112,18 +112,16 @@ class BatchNorm2d(nn.BatchNorm2d):
     `global_statistics`); same parameters and buffers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training or self.running_mean is None):  # running statistics: per image
+        global_batch = GLOBAL_SUM.get() is not None
+        running = not (self.training or self.running_mean is None)  # running statistics: per image
+        if running or (STACKED.get() == 1 and not global_batch):
             return super().forward(x)
-        if GLOBAL_SUM.get() is not None:  # the global batch's statistics
-            track = self.track_running_stats
-            return batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
-                              self.weight, self.bias, True, tracking_factor(self), self.eps)
-        if STACKED.get() == 1:
-            return super().forward(x)
-        # batch statistics, per setting; `batch_norm` refuses the running statistics a tracking BN would update
+        # the global batch's statistics, tracked as nn.BatchNorm2d tracks its own; or batch statistics per stacked
+        # setting, where `batch_norm` refuses the running statistics a tracking BN would update
         track = self.track_running_stats
+        momentum = tracking_factor(self) if global_batch else 0.0
         return batch_norm(x, self.running_mean if track else None, self.running_var if track else None, self.weight,
-                          self.bias, True, 0.0, self.eps)
+                          self.bias, True, momentum, self.eps)
 
 
 def bn(C: int, affine: bool, track: bool) -> nn.BatchNorm2d:
