@@ -3,7 +3,7 @@
 One small NAS-Bench-201 search (configs/demo.yaml: C=8, N=1, 16x16 Fashion-MNIST, `--epochs` epochs), or `--run RUN`.
 On its supernet the `shapley` selector runs, in process and single-threaded:
 
-  reference    `permutation` with `--reference` permutations (seed 1000)
+  reference    `permutation` with `--reference` permutations (seed REFERENCE_SEED, 1000)
   permutation  `--permutations` M permutations (the paper's estimator), `--repeats` R seeds
   antithetic   M permutations as M/2 pairs (π, reverse π), R seeds
   kernel       M batches of KernelSHAP coalitions, the count per batch set so that its forward passes match the
@@ -47,6 +47,7 @@ from archselect.selection.shapley import ShapleySelector
 from archselect.selection.stage import build_context
 
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_SEED = 1000
 
 
 def make_run(out: Path, epochs: int) -> Path:
@@ -97,7 +98,7 @@ def main() -> None:
     ctx.workdir = None  # no progress files
     enabled = torch.cat([ctx.supernet.mask(ct).cpu() for ct in ctx.supernet.cell_types])
     common = {"batch_size": args.batch_size}
-    ref_scores, _, ref_passes, _, _ = select(ctx, 1000, {**common, "permutations": args.reference})
+    ref, ref_scores, ref_passes = reference_estimate(ctx, args)
     reference = ref_scores.masked_fill(~enabled, -float("inf")).argmax(-1)
     seeds = range(args.repeats)
     m = args.permutations
@@ -124,22 +125,29 @@ def main() -> None:
               f"| {gain['passes']:.2f}x | {gain['images']:.2f}x | {t['rmse']:.4f} | {t['agree']:.2f} "
               f"| {t['seconds']:.1f} |")
     if args.sources:
-        print_sources(ctx, args)
+        print_sources(ctx, args, ref)
 
 
-def print_sources(ctx, args) -> None:
-    """Where a permutation row's variance comes from (see the module's docstring)."""
+def reference_estimate(ctx, args) -> tuple[shapley.ShapleyEstimate, torch.Tensor, int]:
+    """The reference as the `shapley` selector computes it (`permutation`, --reference permutations, REFERENCE_SEED):
+    its rows (for the sources table), its scores over all (edge, op) entries and its forward passes."""
     opts = shapley.ShapleyOptions(permutations=args.reference, batch_size=args.batch_size)
-    source = shapley.batch_source(ctx.valid, opts, 1000)
-    est = shapley.estimate(ctx.supernet, source, opts, 1000, Cost())
+    cost = Cost()
+    est = shapley.estimate(ctx.supernet, shapley.batch_source(ctx.valid, opts, REFERENCE_SEED), opts, REFERENCE_SEED,
+                           cost)
+    return est, torch.cat(list(est.matrices(ctx.supernet, est.values()).values())), cost.forward
+
+
+def print_sources(ctx, args, est: shapley.ShapleyEstimate) -> None:
+    """Where a permutation row's variance comes from (see the module's docstring), `est` the reference's rows."""
     rows, n = est.contributions.shape
-    position = torch.argsort(torch.tensor([shapley.permutation(n, 1000, j) for j in range(rows)]), 1)
+    position = torch.argsort(torch.tensor([shapley.permutation(n, REFERENCE_SEED, j) for j in range(rows)]), 1)
     removed = torch.tensor(est.removed)[:, None]
     squares = (est.contributions - est.contributions.mean(0)) ** 2
     shares = {"the truncating removal": squares[position == removed - 1].sum(),
               "players cut off by truncation": squares[position >= removed].sum()}
     shares["the other removals"] = squares.sum() - sum(shares.values())
-    batch = batch_share(ctx, opts, args.sources)
+    batch = batch_share(ctx, args, args.sources)
     print(f"\nwhere a row's variance comes from ({rows} rows of the reference; batch: {args.sources} permutations "
           f"x 6 batches)\n\n| source | share |\n|---|---|")
     for name, value in shares.items():
@@ -147,21 +155,17 @@ def print_sources(ctx, args) -> None:
     print(f"| the batch (within a permutation) | {batch:.2f} |")
 
 
-def batch_share(ctx, opts, permutations: int, batches: int = 6) -> float:
+def batch_share(ctx, args, permutations: int, batches: int = 6) -> float:
     """Mean over `permutations` of the variance of a row over `batches` batches, over the variance of all rows."""
+    opts = shapley.ShapleyOptions(batch_size=args.batch_size)
     source = shapley.batch_source(ctx.valid, opts, 5)
-    players, base = shapley.players_of(ctx.supernet), ctx.supernet.mixing_weights(detach=True)
-    out = torch.zeros(permutations, batches, len(players), dtype=torch.float64)
-    for j in range(permutations):
-        order = shapley.permutation(len(players), 5, j)
-        for b in range(batches):
-            ev = opts.make_evaluator(ctx.supernet, shapley.fresh_batches(source, j * batches + b, 1), Cost())
-
-            def values(coalitions, ev=ev):
-                return [o.accuracy for o in ev.many([shapley.without(base, players, c) for c in coalitions])]
-            out[j, b] = torch.tensor(shapley.removal_contributions(values, len(players), order, opts.threshold,
-                                                                   ev.stack).contributions)
-    return float(out.var(1).mean() / out.reshape(-1, len(players)).var(0).mean())
+    game = {"players": shapley.players_of(ctx.supernet), "base": ctx.supernet.mixing_weights(detach=True),
+            "opts": opts, "seed": 5, "batches": None}
+    rows = [[row.contributions for row, _ in shapley.score_permutations(
+        ctx.supernet, game, [(j, shapley.fresh_batches(source, j * batches + b, 1)) for b in range(batches)])]
+        for j in range(permutations)]
+    out = torch.tensor(rows, dtype=torch.float64)
+    return float(out.var(1).mean() / out.reshape(-1, out.shape[-1]).var(0).mean())
 
 
 if __name__ == "__main__":

@@ -443,7 +443,10 @@ def test_variance_benchmark_splits_a_rows_variance_into_its_sources(capsys):
     spec.loader.exec_module(bench)
     ctx = tiny_context()
     random_alphas(ctx.supernet)
-    bench.print_sources(ctx, argparse.Namespace(reference=6, batch_size=16, sources=2))
+    args = argparse.Namespace(reference=6, batch_size=16, sources=2)
+    reference, scores, passes = bench.reference_estimate(ctx, args)
+    assert scores.shape == (6, 5) and passes > 0
+    bench.print_sources(ctx, args, reference)
     lines = capsys.readouterr().out.splitlines()
     shares = {line.split(" | ")[0][2:]: float(line.split(" | ")[1].rstrip(" |")) for line in lines
               if line.startswith("| ") and line[2:6] != "sour"}
