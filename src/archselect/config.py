@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
 from .distributed import launch_env
+from .errors import UserError
 from .executors import EXECUTORS
 from .mobilenet_text import MBCONV_OPS, STAGE_SPECS, STEM_WIDTHS, kernel_and_expansion
 from .mobilenet_text import SPACE as SPACE_MOBILENET
