@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from archselect.arch import NB201_OPS, parse_nb201
 from archselect.errors import UserError
-from archselect.evaluate import benchmark as bm
 from archselect.evaluate.benchmark import (COLUMNS, IMPORT_HINT, METRIC_COLUMNS, NB201Table, default_table, find_table,
                                            import_table)
 from archselect.evaluate.correlation import kendall_tau, rankdata, spearman

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from archselect.errors import UserError
-from archselect.scoring.cost import Cost
 from archselect.scoring.evaluator import EvaluatorOptions, MaskedEvaluator, take_batches
 from archselect.selection import perturbation as perturbation_mod
 from archselect.selection.influence import Influence
