@@ -9,10 +9,13 @@ On its supernet the `shapley` selector runs, in process and single-threaded:
   kernel       M batches of KernelSHAP coalitions, the count per batch set so that its forward passes match the
                permutation rows' median, R seeds
   stratified   M permutations drawn together, each player's removal time stratified over them, R seeds
-  small batch  `permutation` with `--split` x M permutations of batch/`--split` images: the same images, R seeds
+  small batch  for each S of `--split` (default 8): `permutation` with S x M permutations of batch/S images, one to a
+               pass (`pack: 1`): the same images, R seeds
+  packed       the same rows, S of them advanced together, their coalitions sharing one forward pass of
+               `--batch-size` images (`pack: S`): the same scores, bit for bit, in fewer passes
 
-Columns (medians over the R seeds, except the spread): forward passes (the Cost of the selection, the budget that
-is compared); stderr = the estimator's own standard error, averaged over players; spread = the standard deviation of
+Columns (medians over the R seeds, except the spread): evaluations (weight settings evaluated on a batch);
+forward passes (the network's calls, `Cost.passes`: the budget that is compared); stderr = the estimator's own standard error, averaged over players; spread = the standard deviation of
 φ̂ over the R seeds, averaged over players (the variance each estimator really has); var/pass gain = (spread² x
 passes) of permutation over the same of the row, i.e. how many times fewer passes it needs for one variance;
 var/image gain = the same with images instead of passes (the compute, at unequal batch sizes);
@@ -63,7 +66,7 @@ def select(ctx, seed: int, options: dict):
     s = ShapleySelector(options).select(ctx)
     scores = torch.cat([torch.tensor(m, dtype=torch.float64) for m in s.scores.values()])
     stderr = torch.cat([torch.tensor(m, dtype=torch.float64) for m in s.stderr.values()])
-    return scores, stderr, s.cost.forward, s.cost.seconds, s.cost.images
+    return scores, stderr, s.cost.passes, s.cost.seconds, s.cost.images, s.cost.forward
 
 
 def summarise(name: str, runs: list, reference: torch.Tensor, ref_scores: torch.Tensor, enabled: torch.Tensor
@@ -71,6 +74,7 @@ def summarise(name: str, runs: list, reference: torch.Tensor, ref_scores: torch.
     scores = torch.stack([r[0] for r in runs])
     choice = scores.masked_fill(~enabled, -float("inf")).argmax(-1)
     return {"estimator": name, "passes": statistics.median(r[2] for r in runs),
+            "evaluations": statistics.median(r[5] for r in runs),
             "images": statistics.median(r[4] for r in runs),
             "rmse": float(((scores - ref_scores)[:, enabled] ** 2).mean().sqrt()),
             "stderr": statistics.median(float(r[1][enabled].mean()) for r in runs),
@@ -87,8 +91,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference", type=int, default=200, help="permutations of the reference run")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--split", type=int, default=4, help="the small-batch row: this many times the permutations of "
-                   "batch-size / split images each")
+    p.add_argument("--split", type=int, nargs="+", default=[8], help="small-batch rows for each S: S x the "
+                   "permutations of batch-size / S images, alone and packed S to a pass")
     p.add_argument("--sources", type=int, default=12, help="permutations rescored on 6 batches (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -109,19 +113,23 @@ def main() -> None:
     rows["kernel"] = [select(ctx, s, {**common, "permutations": m, "estimator": "kernel", "coalitions": coalitions})
                       for s in seeds]
     rows["stratified"] = [select(ctx, s, {**common, "permutations": m, "estimator": "stratified"}) for s in seeds]
-    small = {"permutations": m * args.split, "batch_size": args.batch_size // args.split}
-    rows[f"permutation, {small['permutations']} x batch {small['batch_size']}"] = [select(ctx, s, small) for s in seeds]
+    for split in args.split:
+        small = {"permutations": m * split, "batch_size": args.batch_size // split, "pack": 1}
+        rows[f"permutation, {small['permutations']} x batch {small['batch_size']}"] = [select(ctx, s, small)
+                                                                                       for s in seeds]
+        rows[f"the same, packed {split} per pass"] = [select(ctx, s, {**small, "pack": split}) for s in seeds]
     table = [summarise(name, r, reference, ref_scores, enabled) for name, r in rows.items()]
     base = table[0]["spread"] ** 2
     print(f"shapley on {run.path} ({int(enabled.sum())} players), batch {args.batch_size}; reference: "
           f"{args.reference} permutations, {ref_passes} passes; {args.repeats} seeds, M = {m} "
           f"(kernel: {coalitions} coalitions per batch)\n")
-    print("| estimator | forward passes | images | mean stderr | spread over seeds | var/pass gain | var/image gain "
-          "| rmse vs reference | agree with reference | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| estimator | evaluations | forward passes | images | mean stderr | spread over seeds | var/pass gain "
+          "| var/image gain | rmse vs reference | agree with reference | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in table:
         gain = {unit: base * table[0][unit] / (t["spread"] ** 2 * t[unit]) for unit in ("passes", "images")}
-        print(f"| {t['estimator']} | {t['passes']:.0f} | {t['images']:.0f} | {t['stderr']:.4f} | {t['spread']:.4f} "
+        print(f"| {t['estimator']} | {t['evaluations']:.0f} | {t['passes']:.0f} | {t['images']:.0f} "
+              f"| {t['stderr']:.4f} | {t['spread']:.4f} "
               f"| {gain['passes']:.2f}x | {gain['images']:.2f}x | {t['rmse']:.4f} | {t['agree']:.2f} "
               f"| {t['seconds']:.1f} |")
     if args.sources:
@@ -161,8 +169,8 @@ def batch_share(ctx, args, permutations: int, batches: int = 6) -> float:
     source = shapley.batch_source(ctx.valid, opts, 5)
     game = {"players": shapley.players_of(ctx.supernet), "base": ctx.supernet.mixing_weights(detach=True),
             "opts": opts, "seed": 5, "batches": None}
-    rows = [[row.contributions for row, _ in shapley.score_permutations(
-        ctx.supernet, game, [(j, shapley.fresh_batches(source, j * batches + b, 1)) for b in range(batches)])]
+    rows = [[unit[0].contributions for unit, _ in shapley.score_permutations(
+        ctx.supernet, game, [[(j, shapley.fresh_batches(source, j * batches + b, 1))] for b in range(batches)])]
         for j in range(permutations)]
     out = torch.tensor(rows, dtype=torch.float64)
     return float(out.var(1).mean() / out.reshape(-1, out.shape[-1]).var(0).mean())

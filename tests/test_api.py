@@ -88,6 +88,7 @@ def test_search_with_several_selectors_prints_their_comparison(tmp_path, capsys)
                  f"data.data_dir={data}", *args]) == 0
     out = capsys.readouterr().out
     assert "edges)" in out and "forward passes" in out and "score stderr (mean)" in out
+    assert "network passes" in out  # shapley packs 8 permutations to a pass by default
 
 
 def test_comparison_with_the_benchmark_table_gives_accuracy_and_percentile(searched, nb201_csv):

@@ -29,9 +29,12 @@ def supernet(run):
     return load_latest_checkpoint(run, "supernet")["supernet"]
 
 
+V0_SHAPLEY = "select.options.shapley.batch_size=256"  # v0's default scoring batch (the default is 32 now)
+
+
 def test_a_v0_run_killed_after_its_first_epoch_resumes_to_the_v0_result(tmp_path, capsys):
     run = copy_run("killed", tmp_path)
-    assert main(["search", "--resume", str(run), "--selector", "magnitude,shapley"]) == 0
+    assert main(["search", "--resume", str(run), "--selector", "magnitude,shapley", V0_SHAPLEY]) == 0
     finished = V0 / "finished"
     reference, resumed = supernet(finished), supernet(run)
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
@@ -48,7 +51,7 @@ def test_a_v0_run_killed_after_its_first_epoch_resumes_to_the_v0_result(tmp_path
 def test_a_finished_v0_run_selects_shows_and_reports(tmp_path, capsys):
     run = copy_run("finished", tmp_path)
     old = json.loads((run / "selections" / "shapley.json").read_text())
-    assert main(["select", str(run), "--selector", "shapley,perturbation",
+    assert main(["select", str(run), "--selector", "shapley,perturbation", V0_SHAPLEY,
                  "select.options.perturbation.tune_steps=1", "select.options.perturbation.valid_batches=1"]) == 0
     new = json.loads((run / "selections" / "shapley.json").read_text())
     assert new["scores"] == old["scores"]  # the same selector on the same saved supernet: the same numbers

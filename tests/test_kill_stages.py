@@ -24,7 +24,7 @@ SEEDS = [0, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 8))]  # 
 KILLS = 3
 VOLATILE = ("seconds", "resumed_after", "search_seconds", "select_seconds")  # timings, and where a resume started
 SELECT_OPTIONS = ["select.options.perturbation={tune_steps: 6, valid_batches: 2}",
-                  "select.options.shapley={permutations: 6, batch_size: 32, threshold: 0}"]
+                  "select.options.shapley={permutations: 6, batch_size: 32, threshold: 0, pack: 1}"]  # a checkpoint a row
 
 
 def timeless(obj):

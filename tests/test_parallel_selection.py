@@ -73,9 +73,11 @@ def assert_same(a, b) -> None:
     assert a.scores == b.scores and a.stderr == b.stderr and a.details == b.details
     assert a.architecture.cells == b.architecture.cells
     assert (a.cost.forward, a.cost.backward, a.cost.images) == (b.cost.forward, b.cost.backward, b.cost.images)
+    if a.selector == "shapley":  # a unit's passes depend on its rows alone (a worker may stack other settings)
+        assert a.cost.passes == b.cost.passes
 
 
-SHAPLEY = {"permutations": 5, "batch_size": 32}
+SHAPLEY = {"permutations": 5, "batch_size": 32, "pack": 1}
 PERTURBATION = {"tune_steps": 2, "valid_batches": 2, "update_alpha": "yes"}
 CASES = {
     "shapley": (ShapleySelector, SHAPLEY, None),
@@ -89,6 +91,7 @@ CASES = {
     "shapley-stacked": (ShapleySelector, {**SHAPLEY, "stack": 4}, None),
     "shapley-antithetic": (ShapleySelector, {**SHAPLEY, "permutations": 6, "estimator": "antithetic"}, None),
     "shapley-kernel": (ShapleySelector, {**SHAPLEY, "permutations": 3, "estimator": "kernel", "coalitions": 8}, None),
+    "shapley-packed": (ShapleySelector, {**SHAPLEY, "permutations": 20, "pack": 2}, None),  # units of 6-7 rows
 }
 
 
@@ -104,17 +107,17 @@ def test_split_over_workers_equals_one_process(case):
 
 def test_a_split_run_checkpoints_each_round_and_resumes_with_other_workers(tmp_path, monkeypatch):
     reference = ShapleySelector(SHAPLEY).select(context())
-    real = shapley_mod.removal_contributions
+    real = shapley_mod.row_steps
 
     def dies_on_fourth(*args, calls=itertools.count(1)):
         if next(calls) == 4:
             raise RuntimeError("killed")
         return real(*args)
 
-    monkeypatch.setattr(shapley_mod, "removal_contributions", dies_on_fourth)
+    monkeypatch.setattr(shapley_mod, "row_steps", dies_on_fourth)
     with pytest.raises(RuntimeError, match="killed"):  # in the second round of 2 permutations, after its first
         ShapleySelector(SHAPLEY).select(context(workers=Workers(2, SequentialExecutor()), workdir=tmp_path))
-    monkeypatch.setattr(shapley_mod, "removal_contributions", real)
+    monkeypatch.setattr(shapley_mod, "row_steps", real)
     resumed = ShapleySelector(SHAPLEY).select(context(workdir=tmp_path))  # one worker now
     assert resumed.details.pop("resumed_after") == 2  # the first round's checkpoint, not the unfinished second
     reference.details.pop("resumed_after")
@@ -173,7 +176,8 @@ def test_ray_workers_equal_one_process(ray_executor):  # noqa: F811  (the fixtur
 # -- the command line: one process, --workers, torchrun ranks ---------------------------------------------------------
 
 SELECT = ["--selector", "shapley,perturbation", "select.options.shapley.permutations=3",
-          "select.options.shapley.batch_size=32", "select.options.perturbation.tune_steps=1",
+          "select.options.shapley.batch_size=32", "select.options.shapley.pack=1",  # a unit per permutation
+          "select.options.perturbation.tune_steps=1",
           "select.options.perturbation.valid_batches=1"]
 
 

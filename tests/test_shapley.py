@@ -306,33 +306,33 @@ def test_estimators_on_a_supernet_are_efficient_per_row(estimator):
         assert row.sum().item() == pytest.approx(full - empty, abs=1e-12)
 
 
-@pytest.mark.parametrize("estimator, killed, resumed_after", [("permutation", "removal_contributions", 2),
-                                                                 ("antithetic", "removal_contributions", 1),
-                                                                 ("stratified", "removal_contributions", 2),
-                                                                 ("kernel", "kernel_row", 2)])
-def test_kill_and_resume_gives_identical_estimates(tmp_path, monkeypatch, estimator, killed, resumed_after):
-    opts = {"permutations": 4, "batch_size": 32, "estimator": estimator, "coalitions": 10}
+@pytest.mark.parametrize("options, killed_at, resumed_after", [
+    ({"estimator": "permutation"}, 3, 2), ({"estimator": "antithetic"}, 2, 1), ({"estimator": "stratified"}, 3, 2),
+    ({"estimator": "kernel"}, 3, 2),
+    ({"permutations": 16, "pack": 2}, 10, 8)])  # units of 4 x 2 rows: killed in the second, after its first row
+def test_kill_and_resume_gives_identical_estimates(tmp_path, monkeypatch, options, killed_at, resumed_after):
+    opts = {"permutations": 4, "batch_size": 32, "coalitions": 10, "pack": 1, **options}
     ctx = tiny_context(workdir=tmp_path / "a")
     random_alphas(ctx.supernet)
     reference = ShapleySelector(opts).select(ctx)
 
     ctx.workdir = tmp_path / "b"
-    calls, real = [0], getattr(shapley_mod, killed)
+    calls, real = [0], shapley_mod.row_steps
 
-    def dies_on_third(*args):
+    def dies(*args):  # when row `killed_at` starts
         calls[0] += 1
-        if calls[0] == 3:
+        if calls[0] == killed_at:
             raise RuntimeError("killed")
         return real(*args)
 
-    monkeypatch.setattr(shapley_mod, killed, dies_on_third)
+    monkeypatch.setattr(shapley_mod, "row_steps", dies)
     with pytest.raises(RuntimeError, match="killed"):
         ShapleySelector(opts).select(ctx)
-    monkeypatch.setattr(shapley_mod, killed, real)
+    monkeypatch.setattr(shapley_mod, "row_steps", real)
     resumed = ShapleySelector(opts).select(ctx)
     assert resumed.details["resumed_after"] == resumed_after
     assert resumed.scores == reference.scores and resumed.stderr == reference.stderr
-    assert resumed.cost.forward == reference.cost.forward
+    assert resumed.cost.forward == reference.cost.forward and resumed.cost.passes == reference.cost.passes
     assert not list((tmp_path / "b").glob("shapley-progress-*"))  # progress removed once complete
 
 
@@ -422,12 +422,13 @@ def test_shapley_search_resumes_mid_epoch_without_a_second_update(tmp_path, caps
 
 
 def test_selector_spends_its_images_on_permutations_and_the_search_keeps_the_papers():
-    """The selector's default: 40 permutations of 64 images (docs/selectors.md §3); the search mode: the paper's 10
-    of 1024."""
+    """The selector's default: 80 permutations of 32 images, 8 to a pass (docs/selectors.md §3); the search mode: the
+    paper's 10 of 1024, one to a pass."""
     from archselect.optimizers.shapley import ShapleySearchOptions
 
-    assert (ShapleyOptions().permutations, ShapleyOptions().batch_size) == (40, 64)
-    assert (ShapleySearchOptions().permutations, ShapleySearchOptions().batch_size) == (10, 1024)
+    selector, search = ShapleyOptions(), ShapleySearchOptions()
+    assert (selector.permutations, selector.batch_size, selector.rows_per_pass) == (80, 32, 8)
+    assert (search.permutations, search.batch_size, search.rows_per_pass) == (10, 1024, 1)
 
 
 def test_variance_benchmark_splits_a_rows_variance_into_its_sources(capsys):

@@ -52,12 +52,21 @@ def check_stacked_equals_alone(net, batches, bn, stack=4, cache_mb=1024.0):
     return ev
 
 
-@pytest.mark.parametrize("bn", ["train", "eval"])
-@pytest.mark.parametrize("channels_last, cache_mb", [(False, 1024.0), (True, 1024.0), (True, 0.0)])
-def test_stacked_settings_equal_each_alone_nb201(bn, channels_last, cache_mb):
+LAYOUTS = [(False, 1024.0), (True, 1024.0), (True, 0.0)]  # (channels_last, cache_mb); 0: no op cache
+
+
+def nb201_in_layout(channels_last: bool):
+    """A tiny NB201 context (C=4, N=2, random α) and its supernet, channels-last or not."""
     ctx = tiny_context(NB201Space(C=4, N=2, in_channels=1, num_classes=4))
     net = ctx.supernet.to(memory_format=torch.channels_last) if channels_last else ctx.supernet
     random_alphas(net)
+    return ctx, net
+
+
+@pytest.mark.parametrize("bn", ["train", "eval"])
+@pytest.mark.parametrize("channels_last, cache_mb", LAYOUTS)
+def test_stacked_settings_equal_each_alone_nb201(bn, channels_last, cache_mb):
+    ctx, net = nb201_in_layout(channels_last)
     batches = take_batches(ctx.valid, 2)  # 64 and 64 images
     if channels_last:
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
@@ -117,20 +126,25 @@ def test_batch_norm_takes_statistics_per_stacked_setting():
         tracking(x)
 
 
+def small_memory(monkeypatch, most: int = 2) -> None:
+    """Simulate an accelerator on which a pass of more than `most` stacked (or packed) settings runs out of memory."""
+    real = evaluator_mod.MaskedEvaluator._stacked_tail
+
+    def tail(self, state, group, start):
+        if len(group) > most:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, state, group, start)
+
+    monkeypatch.setattr(evaluator_mod.MaskedEvaluator, "_stacked_tail", tail)
+
+
 def test_a_stack_out_of_memory_is_split(monkeypatch):
     ctx = tiny_context()
     random_alphas(ctx.supernet)
     batches = take_batches(ctx.valid, 1)
     ws = removals(ctx.supernet)
     expected = NaiveEvaluator(ctx.supernet, batches).many(ws)
-    real = evaluator_mod.MaskedEvaluator._stacked_logits
-
-    def small_memory(self, b, x, group):
-        if len(group) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, b, x, group)
-
-    monkeypatch.setattr(evaluator_mod.MaskedEvaluator, "_stacked_logits", small_memory)
+    small_memory(monkeypatch)
     ev = MaskedEvaluator(ctx.supernet, batches, stack=8)
     assert ev.many(ws) == expected
     assert ev.stack == 2 and ev.cost.forward == len(expected) - 1  # removing `none` repeats the base: memo

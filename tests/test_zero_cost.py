@@ -386,7 +386,7 @@ def test_validate_rounds_counts_its_passes(runs):
     sel, plain = runs["pool"], runs["three"]
     n = len(sel.details["validation"])
     spent = comparable(sel)["details"]["validation_cost"]
-    assert spent == {"forward": 2 * n, "backward": 0, "images": 2 * n * 8}
+    assert spent == {"forward": 2 * n, "backward": 0, "images": 2 * n * 8, "passes": 2 * n}
     assert 0 < sel.details["validation_cost"]["seconds"] < sel.cost.seconds
     assert sel.cost.forward == plain.cost.forward + 2 * n and sel.cost.images == plain.cost.images + 16 * n
     assert runs["one"].details["validation_cost"]["forward"] == 0

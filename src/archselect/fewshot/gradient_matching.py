@@ -278,7 +278,8 @@ def measure(supernet: Supernet, edges: Sequence[tuple[str, int]], batches: Itera
     for (ct, e, ops, _), acc in zip(plan, stats):
         mean, stderr = acc.result()
         out.append(EdgeDistance(ct, e, ops, mean.float().cpu(), stderr.float().cpu(), acc.n))
-    cost = {"forward": passes, "backward": passes, "images": images, "seconds": time.perf_counter() - start}
+    cost = {"forward": passes, "backward": passes, "passes": passes, "images": images,
+            "seconds": time.perf_counter() - start}
     return out, cost
 
 

@@ -1,4 +1,4 @@
-"""What an evaluation costs: forward and backward passes, images, seconds. Counted by every scorer."""
+"""What an evaluation costs: forward and backward passes, network calls, images, seconds. Counted by every scorer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,18 +6,21 @@ from dataclasses import dataclass
 
 @dataclass
 class Cost:
-    forward: int = 0      # forward passes (batches)
+    forward: int = 0      # forward passes: weight settings evaluated on a batch, stacked or packed ones each counted
     backward: int = 0     # backward passes (batches)
     images: int = 0       # images sent through the supernet
     seconds: float = 0.0
+    passes: int = 0       # network calls: a stacked or packed pass of several settings counts once (0: not recorded)
 
-    def count(self, batch: int, backward: bool = False) -> None:
+    def count(self, batch: int, backward: bool = False, passes: int = 1) -> None:
         self.forward += 1
         self.images += batch
         self.backward += int(backward)
+        self.passes += passes
 
     def add(self, other: "Cost") -> None:
         """Add the passes counted elsewhere (by a worker), not its seconds: wall time is the caller's."""
         self.forward += other.forward
         self.backward += other.backward
         self.images += other.images
+        self.passes += other.passes

@@ -17,6 +17,8 @@ torch.equal against `NaiveEvaluator`, which recomputes the whole supernet with e
 
 - stacking (option `stack`, off by default): several settings in one pass, their copies of the batch stacked along
   the batch dimension (stacking.py). For accelerators: on CPU, larger batches run slower per image.
+- packing (`MaskedEvaluator.packed`; Shapley's `pack`): settings of several evaluators in one pass, each on its own
+  evaluator's batch, stacked the same way: one pass of 8 x 32 different images costs what one batch of 256 does.
 """
 from __future__ import annotations
 
@@ -130,7 +132,8 @@ class MaskedEvaluator:
         self.cost = cost if cost is not None else Cost()
         self.cache_bytes = int(cache_mb * 2**20)
         # settings per pass (stacking.py): cells must take a fan, and no op may draw random numbers
-        self.stack = stack if supernet.fan is not None and "noise" not in supernet.op_names else 1
+        self.can_stack = supernet.fan is not None and "noise" not in supernet.op_names
+        self.stack = stack if self.can_stack else 1
         self.layers_run = 0  # layers computed, a finer cost measure than whole forward passes
         self.ops_reused = 0  # op outputs taken from the op cache
         self._prefix = self._prefix_cell_types()
@@ -172,6 +175,66 @@ class MaskedEvaluator:
             self._evaluate([todo[i] for i in group])
         return [self._memo[key] for key in keys]
 
+    def known(self, settings: Sequence[dict[str, torch.Tensor]]) -> list[Outcome] | None:
+        """The outcomes of `settings` if every one is already in the memo (no pass), else None."""
+        keys = [self._memo_key(self.plans(w)) for w in settings]
+        return [self._memo[k] for k in keys] if all(k in self._memo for k in keys) else None
+
+    @staticmethod
+    def packed(requests: Sequence[tuple["MaskedEvaluator", dict[str, torch.Tensor]]], most: int) -> list[Outcome]:
+        """The outcome of each (evaluator, weight setting) pair, as that evaluator's `many` gives it; but where the
+        evaluators differ, up to `most` new settings share one pass, each on its own evaluator's batches (packing:
+        slices of different images, where stacking repeats one batch). With `most` 1, each evaluator's `many`."""
+        if most <= 1 or not requests[0][0].can_stack:
+            per = {}
+            for ev, w in requests:
+                per.setdefault(id(ev), (ev, []))[1].append(w)
+            found = {i: iter(ev.many(ws)) for i, (ev, ws) in per.items()}
+            return [next(found[id(ev)]) for ev, _ in requests]
+        keyed = [(ev, ev._memo_key(p), p) for ev, p in ((ev, ev.plans(w)) for ev, w in requests)]
+        todo = list({(id(ev), key): (ev, key, p) for ev, key, p in keyed if key not in ev._memo}.values())
+        for group in _packs(todo, most):
+            MaskedEvaluator._evaluate_packed(group)
+        return [ev._memo[key] for ev, key, _ in keyed]
+
+    @staticmethod
+    def _evaluate_packed(group: list[tuple["MaskedEvaluator", tuple, dict[str, Plan]]]) -> None:
+        """`packed` for one group: a pass per batch index, each setting on its evaluator's batch of that index, the
+        layers up to the first cell (the first cell too, with the op cache) through that evaluator's caches and the
+        rest stacked. A group that runs out of accelerator memory is split in two and retried."""
+        if len({id(ev) for ev, _, _ in group}) == 1:
+            group[0][0]._evaluate([(key, p) for _, key, p in group])
+            return
+        first, sums = group[0][0], [[0, 0, 0.0] for _ in group]
+        counted = [(ev.cost.forward, ev.cost.images, ev.cost.passes) for ev, _, _ in group]
+        net = first.supernet
+        split = next(i for i in range(net.num_layers) if net.layer_cell_type(i) is not None) + first._op_cache
+        for ev in {id(ev): ev for ev, _, _ in group}.values():
+            ev._evaluation += 1
+        try:
+            with first._mode():
+                for b in range(len(first.batches)):
+                    states = []
+                    for k, (ev, _, p) in enumerate(group):
+                        ev.cost.count(ev.batches[b][0].shape[0], passes=int(k == 0))
+                        states.append(ev._layers(b, ev.batches[b][0], p, split))
+                    logits = first._stacked_tail(stacking.concat(states), [p for _, _, p in group], split)
+                    for acc, part, (ev, _, _) in zip(sums, logits.chunk(len(group)), group):
+                        y = ev.batches[b][1]
+                        acc[0] += int((part.argmax(1) == y).sum())
+                        acc[1] += y.numel()
+                        acc[2] += float(F.cross_entropy(part, y, reduction="sum"))
+                    logs.tick()
+        except torch.OutOfMemoryError:
+            for (ev, _, _), (forward, images, passes) in zip(group, counted):
+                ev.cost.forward, ev.cost.images, ev.cost.passes = forward, images, passes
+            half = (len(group) + 1) // 2
+            MaskedEvaluator._evaluate_packed(group[:half])
+            MaskedEvaluator._evaluate_packed(group[half:])
+            return
+        for (ev, key, _), (correct, count, loss) in zip(group, sums):
+            ev._memo[key] = Outcome(correct, count, loss)
+
     def _memo_key(self, plans: dict[str, Plan]) -> tuple:
         return plans_key(plans, self.supernet.cell_types)
 
@@ -180,7 +243,7 @@ class MaskedEvaluator:
         that runs out of accelerator memory is split in two and retried."""
         sums = [[0, 0, 0.0] for _ in group]
         self._evaluation += 1
-        counted = self.cost.forward, self.cost.images
+        counted = self.cost.forward, self.cost.images, self.cost.passes
         try:
             with self._mode():
                 for b, (x, y) in enumerate(self.batches):
@@ -194,7 +257,7 @@ class MaskedEvaluator:
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise
-            self.cost.forward, self.cost.images = counted
+            self.cost.forward, self.cost.images, self.cost.passes = counted
             half = (len(group) + 1) // 2
             self.stack = min(self.stack, half)
             self._evaluate(group[:half])
@@ -250,24 +313,28 @@ class MaskedEvaluator:
         weights differ run once, as for one setting (caches included); with the op cache, that first layer runs
         per setting through it; the rest run on the stacked batch."""
         net, n = self.supernet, len(group)
-        plans, absent = stacking.union(group)
         differ = {ct for ct in net.cell_types if any(p[ct] != group[0][ct] for p in group)}
         split = next(i for i in range(net.num_layers) if net.layer_cell_type(i) in differ)
-        for _ in group:
-            self.cost.count(x.shape[0])
+        for k in range(n):
+            self.cost.count(x.shape[0], passes=int(k == 0))
         if self._op_cache:
-            state = stacking.concat([self._layers(b, x, p, split + 1) for p in group])
-            split += 1
-        else:
-            state = stacking.concat([self._layers(b, x, group[0], split)] * n)
+            return self._stacked_tail(stacking.concat([self._layers(b, x, p, split + 1) for p in group]), group,
+                                      split + 1)
+        return self._stacked_tail(stacking.concat([self._layers(b, x, group[0], split)] * n), group, split)
+
+    def _stacked_tail(self, state: Any, group: list[dict[str, Plan]], start: int) -> torch.Tensor:
+        """Layers `start`… and the head on `state`, the stacked states of `group`'s settings (equal slices): the
+        union of their ops, each zeroed in the slices of the settings that lack it."""
+        net, n = self.supernet, len(group)
+        plans, absent = stacking.union(group)
+        batch = _tensors(state)[0].shape[0] // n
         with stacked(n):
-            for i in range(split, net.num_layers):
+            for i in range(start, net.num_layers):
                 ct = net.layer_cell_type(i)
                 if ct is None:  # a fixed layer (a reduction block): no ops to zero
                     state = net.run_layer(i, state, plans)
                 else:
-                    state = net.run_layer(i, state, plans, fan=StackedFan(net.fan, net.term_order, absent[ct],
-                                                                          x.shape[0]))
+                    state = net.run_layer(i, state, plans, fan=StackedFan(net.fan, net.term_order, absent[ct], batch))
                 self.layers_run += n
             return net.head(state)
 
@@ -330,6 +397,24 @@ class MaskedEvaluator:
                 del self._storages[ptr]
 
 
+def _packs(todo: list[tuple[MaskedEvaluator, tuple, dict[str, Plan]]], most: int) -> list[list]:
+    """`todo` in groups of at most `most` settings that can share a pass, in order within each kind of batches: ops
+    of equal weights (`stacking.union`), batches of equal sizes, one supernet in one BN mode."""
+    def shape(ev: MaskedEvaluator) -> tuple:
+        return id(ev.supernet), ev.bn, ev._op_cache, tuple(x.shape for x, _ in ev.batches)
+
+    out: list[list] = []
+    latest: dict[tuple, list] = {}  # per shape, the group being filled
+    for item in todo:
+        group = latest.get(shape(item[0]))
+        if group is not None and len(group) < most and stacking.union([p for _, _, p in group] + [item[2]]):
+            group.append(item)
+        else:
+            latest[shape(item[0])] = [item]
+            out.append(latest[shape(item[0])])
+    return out
+
+
 class _CachedFan:
     """The op outputs of one cell, through the evaluator's cache (see the module docstring): a `spaces.mixed.Fan`
     that looks each (node, edge, op, weight) up and computes only the missing ops, in one call of the supernet's own
@@ -369,6 +454,10 @@ class NaiveEvaluator(MaskedEvaluator):
     def __init__(self, supernet: Supernet, batches: Sequence[Batch], *, bn: str = "train", cost: Cost | None = None,
                  cache_mb: float = 0.0, stack: int = 1):
         super().__init__(supernet, batches, bn=bn, cost=cost, cache_mb=0.0, stack=1)
+        self.can_stack = False  # nor packed: each setting its own pass
+
+    def known(self, settings: Sequence[dict[str, torch.Tensor]]) -> list[Outcome] | None:
+        return None  # everything recomputed, every time
 
     def many(self, settings: Sequence[dict[str, torch.Tensor]]) -> list[Outcome]:
         out = []

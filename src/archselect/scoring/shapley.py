@@ -21,13 +21,19 @@ so that workers, resume and the standard error treat them alike:
                least-squares solution with the kernel's exact Gram matrix (`kernel_row`);
   stratified   one permutation per row, as `permutation`, but the M permutations are drawn together so that each
                player's removal time is stratified over them (Latin hypercube keys, `stratified_permutation`).
+
+Packing (`pack`): rows are generators of the coalitions they need next (`row_steps`), so `pack` rows can advance
+together, the next coalition of each on its own batch, all in one pass (`MaskedEvaluator.packed`). The values are
+those of scoring each row alone, bit for bit on a CPU; what changes is the passes: 8 rows of 32 images take the
+passes of one row of 256. Small batches are where the estimate gains (docs/selectors.md §3), so packing is what makes
+the selector's default of 80 permutations of 32 images cost, per pass, what 10 of 256 cost.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Generator, Hashable, Sequence
 
 import torch
 
@@ -36,27 +42,38 @@ from ..config import check_rules
 from ..data import Loader, derive_seed
 from ..supernet import Supernet
 from .cost import Cost
-from .evaluator import EvaluatorOptions, rebatch, take_batches
+from .evaluator import EvaluatorOptions, MaskedEvaluator, rebatch, take_batches
 from .workers import Workers
 
 Player = tuple[str, int, int]  # (cell type, edge, op index)
 ESTIMATES = ("mean", "mean-std")
 ESTIMATORS = ("permutation", "antithetic", "kernel", "stratified")
+PACKED_ROWS = 4  # rows per place in a packed pass, per unit of work (`unit_starts`)
+PACK_IMAGES = 256  # images of a packed pass with `pack: null` (a CPU runs batches of 256 at its best speed per image)
 
 
 @dataclass
 class ShapleyOptions(EvaluatorOptions):
-    # The selector's default spends the images of 10 permutations of 256 on 40 of 64: a row's variance is mostly the
-    # permutation's, not the batch's, so at equal images the estimate is ~2.7x less noisy (docs/selectors.md §3)
-    permutations: int = 40        # Monte-Carlo permutations (paper: 10)
+    # The selector's default spends the images of 10 permutations of 256 on 80 of 32, 8 of them to a pass of 256
+    # images: a row's variance is mostly the permutation's, not the batch's, so at equal images, and at equal passes
+    # once packed, the estimate is ~5x less noisy (docs/selectors.md §3)
+    permutations: int = 80        # Monte-Carlo permutations (paper: 10)
     threshold: float = 0.5        # truncate once accuracy < threshold x full accuracy (paper: 0.5; 0: never)
-    batch_size: int | None = 64   # images per batch (paper: 1024; null: the split's)
+    batch_size: int | None = 32   # images per batch (paper: 1024; null: the split's)
     batches: int = 1              # batches per permutation (paper: 1)
     draw: str = "fresh"           # fresh: new batches per permutation (paper) | fixed: the same first batches for all
     fixed_valid: bool = False     # older spelling of draw: fixed (true wins over draw)
     estimate: str = "mean"        # mean (paper) | mean-std (the official code)
     estimator: str = "permutation"  # permutation (paper) | antithetic | kernel | stratified (the module's docstring)
     coalitions: int = 0           # kernel: coalitions per batch, in complementary pairs (0: the even count >= players)
+    pack: int | None = None       # rows advanced together, their coalitions sharing a pass, each on its own batch
+                                  # (null: as many as fill PACK_IMAGES images, 8 of 32; 1: no packing)
+
+    @property
+    def rows_per_pass(self) -> int:
+        if self.pack is not None:
+            return self.pack
+        return max(1, PACK_IMAGES // self.batch_size) if self.batch_size else 1
 
     @property
     def fixed(self) -> bool:
@@ -71,6 +88,7 @@ class ShapleyOptions(EvaluatorOptions):
                                    (self.coalitions >= 0 and self.coalitions % 2 == 0, "coalitions",
                                     "an even number >= 0"),
                                    (self.batches >= 1, "batches", "at least 1"),
+                                   (self.pack is None or self.pack >= 1, "pack", "at least 1 (or null)"),
                                    (self.estimate in ESTIMATES, "estimate", f"one of {', '.join(ESTIMATES)}")])
 
 
@@ -91,11 +109,33 @@ class Permutation:
     removed: int                # players removed before truncation
 
 
-def removal_contributions(values: Callable[[list[list[bool]]], list[float]], n: int, order: Sequence[int],
-                          threshold: float, ahead: int = 1) -> Permutation:
-    """One permutation in removal order: values(coalitions) are the values with exactly the players flagged present.
-    `ahead` coalitions of the sequence are asked for at once (stacked in one pass): those past a truncation are
-    computed but not used, so the contributions are those of asking one at a time."""
+# A row is scored by a generator that yields the coalitions whose values it needs next (lists of presence flags) and
+# is sent their values, until it returns its Permutation: so that rows can be advanced together, several rows'
+# coalitions sharing a pass (`pack`), or one at a time through `drive`.
+Steps = Generator[list[list[bool]], list[float], Permutation]
+Values = Callable[[list[list[bool]]], list[float]]
+
+
+def drive(steps: Steps, values: Values) -> Permutation:
+    """Run `steps` to its end, answering each request with values(coalitions)."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(values(request))
+    except StopIteration as done:
+        return done.value
+
+
+def removal_contributions(values: Values, n: int, order: Sequence[int], threshold: float,
+                          ahead: int = 1) -> Permutation:
+    """One permutation in removal order: values(coalitions) are the values with exactly the players flagged present."""
+    return drive(removal_steps(n, order, threshold, ahead), values)
+
+
+def removal_steps(n: int, order: Sequence[int], threshold: float, ahead: int = 1) -> Steps:
+    """`removal_contributions` as steps. `ahead` coalitions of the sequence are asked for at once (stacked in one
+    pass): those past a truncation are computed but not used, so the contributions are those of asking one at a
+    time."""
     sequence = [[True] * n]
     for p in order:
         sequence.append(sequence[-1].copy())
@@ -103,7 +143,8 @@ def removal_contributions(values: Callable[[list[list[bool]]], list[float]], n: 
     contributions = [0.0] * n
     full, removed, start = None, 0, 0
     while start < len(sequence):
-        for i, value in enumerate(values(sequence[start:start + ahead]), start):
+        values = yield sequence[start:start + ahead]
+        for i, value in enumerate(values, start):
             if i == 0:
                 full = before = value
                 continue
@@ -134,12 +175,16 @@ def stratified_permutation(n: int, seed: int, j: int, rows: int) -> list[int]:
     return torch.argsort(keys).tolist()
 
 
-def antithetic_contributions(values: Callable[[list[list[bool]]], list[float]], n: int, order: Sequence[int],
-                             threshold: float, ahead: int = 1) -> Permutation:
+def antithetic_contributions(values: Values, n: int, order: Sequence[int], threshold: float,
+                             ahead: int = 1) -> Permutation:
     """A permutation and its reverse on the same values, averaged: a player removed late in one is removed early in
     the other, so the pair's errors partly cancel. `removed` counts both."""
-    one = removal_contributions(values, n, order, threshold, ahead)
-    back = removal_contributions(values, n, list(reversed(order)), threshold, ahead)
+    return drive(antithetic_steps(n, order, threshold, ahead), values)
+
+
+def antithetic_steps(n: int, order: Sequence[int], threshold: float, ahead: int = 1) -> Steps:
+    one = yield from removal_steps(n, order, threshold, ahead)
+    back = yield from removal_steps(n, list(reversed(order)), threshold, ahead)
     return Permutation([(a + b) / 2 for a, b in zip(one.contributions, back.contributions)], one.full,
                        one.removed + back.removed)
 
@@ -183,19 +228,23 @@ def kernel_row(coalitions: Sequence[Sequence[bool]], values: Sequence[float], em
     return ((b - b.mean()) / a + (full - empty) / n).tolist()
 
 
-def score_row(values: Callable[[list[list[bool]]], list[float]], n: int, opts: "ShapleyOptions", seed: int, j: int,
-              ahead: int = 1) -> Permutation:
-    """Row j of `opts.estimator` (see the module's docstring). For kernel, `full` is v(N) and `removed` the number of
-    coalitions."""
+def row_steps(n: int, opts: "ShapleyOptions", seed: int, j: int, ahead: int = 1) -> Steps:
+    """Row j of `opts.estimator` (see the module's docstring), as steps. For kernel, `full` is v(N) and `removed` the
+    number of coalitions."""
     if opts.estimator == "kernel":
         coalitions = kernel_coalitions(n, seed, j, opts.coalitions or n + n % 2)
-        full, empty, *rest = values([[True] * n, [False] * n, *coalitions])
+        full, empty, *rest = yield [[True] * n, [False] * n, *coalitions]
         return Permutation(kernel_row(coalitions, rest, empty, full), full, len(coalitions))
     if opts.estimator == "stratified":
-        return removal_contributions(values, n, stratified_permutation(n, seed, j, opts.permutations), opts.threshold,
-                                     ahead)
-    scorer = antithetic_contributions if opts.estimator == "antithetic" else removal_contributions
-    return scorer(values, n, permutation(n, seed, j), opts.threshold, ahead)
+        return (yield from removal_steps(n, stratified_permutation(n, seed, j, opts.permutations), opts.threshold,
+                                         ahead))
+    steps = antithetic_steps if opts.estimator == "antithetic" else removal_steps
+    return (yield from steps(n, permutation(n, seed, j), opts.threshold, ahead))
+
+
+def score_row(values: Values, n: int, opts: "ShapleyOptions", seed: int, j: int, ahead: int = 1) -> Permutation:
+    """Row j of `opts.estimator`, with values(coalitions) the values of coalitions."""
+    return drive(row_steps(n, opts, seed, j, ahead), values)
 
 
 def rows_wanted(opts: "ShapleyOptions") -> int:
@@ -252,50 +301,94 @@ def batch_source(valid: Loader, opts: ShapleyOptions, seed: int, cutout: int = 0
                    drop_last=not fixed, augment=opts.augment, cutout=cutout if opts.augment else 0)
 
 
-def score_permutations(supernet: Supernet, game: dict, items: list[tuple[int, list | None]]
-                       ) -> list[tuple[Permutation, Cost]]:
-    """Rows `items` = [(j, its batches, or None for the game's fixed batches)] of `game` (players, base weights,
-    options, seed), each with its own evaluator and Cost: a row's contributions and its count of forward passes
-    depend on (seed, j) and its batches alone, however the rows are shared out or resumed."""
+Item = tuple[int, "list | None"]  # a row j and its batches (None: the game's fixed batches)
+
+
+def score_permutations(supernet: Supernet, game: dict, units: list[list[Item]]) -> list[tuple[list[Permutation], Cost]]:
+    """Each unit of rows of `game` (players, base weights, options, seed): its rows and the Cost of scoring them.
+    Each row has its own evaluator, and its contributions depend on (seed, j) and its batches alone; `pack` rows of a
+    unit advance together, their next coalitions sharing a pass, a finished row's place taken by the unit's next
+    row. A unit's Cost depends on its rows alone, however the units are shared out or resumed."""
+    return [_score_unit(supernet, game, unit) for unit in units]
+
+
+@dataclass
+class _Row:
+    index: int                     # in its unit
+    ev: MaskedEvaluator            # on the row's batches
+    steps: Steps
+    asked: list[list[bool]]        # the coalitions whose values it waits for
+
+
+def _score_unit(supernet: Supernet, game: dict, unit: list[Item]) -> tuple[list[Permutation], Cost]:
     players, base, opts = game["players"], game["base"], game["opts"]
-    out = []
-    for j, batches in items:
-        cost = Cost()
-        ev = opts.make_evaluator(supernet, game["batches"] if batches is None else batches, cost)
+    cost, waiting, rows, active = Cost(), list(enumerate(unit)), {}, []
 
-        def values(coalitions: list[list[bool]]) -> list[float]:
-            return [o.accuracy for o in ev.many([without(base, players, present) for present in coalitions])]
+    def settings(row: _Row) -> list[dict[str, torch.Tensor]]:
+        return [without(base, players, present) for present in row.asked]
 
-        out.append((score_row(values, len(players), opts, game["seed"], j, ev.stack), cost))
-    return out
+    def answer(row: _Row, values: list[float]) -> bool:
+        """Send the row its values, then those its evaluator already knows (removing `none` changes nothing),
+        so that a pass holds only coalitions that need one; False once the row has returned."""
+        try:
+            while values is not None:
+                row.asked = row.steps.send(values)
+                known = row.ev.known(settings(row))
+                values = None if known is None else [o.accuracy for o in known]
+        except StopIteration as done:
+            rows[row.index] = done.value
+            return False
+        return True
+
+    while waiting or active:
+        while waiting and len(active) < opts.rows_per_pass:
+            i, (j, batches) = waiting.pop(0)
+            ev = opts.make_evaluator(supernet, game["batches"] if batches is None else batches, cost)
+            steps = row_steps(len(players), opts, game["seed"], j, ev.stack)
+            active.append(_Row(i, ev, steps, next(steps)))
+        outcomes = iter(MaskedEvaluator.packed([(row.ev, w) for row in active for w in settings(row)],
+                                                opts.rows_per_pass))
+        active = [row for row in active if answer(row, [next(outcomes).accuracy for _ in row.asked])]
+    return [rows[i] for i in range(len(unit))], cost
+
+
+def unit_starts(opts: ShapleyOptions) -> list[int]:
+    """Where each unit of work starts (a unit is what one worker scores at a time, and a checkpoint's grain): every
+    row, or with packing near-equal units of about PACKED_ROWS rows per place in a pass, so that the places stay
+    filled until a unit's last rows."""
+    wanted = rows_wanted(opts)
+    pack = opts.rows_per_pass
+    units = wanted if pack == 1 else math.ceil(wanted / (PACKED_ROWS * pack))
+    return [k * wanted // units for k in range(units)]
 
 
 def estimate(supernet: Supernet, source: Loader, opts: ShapleyOptions, seed: int, cost: Cost,
              done: Sequence[Permutation] = (), after: Callable[[list[Permutation]], None] | None = None,
              workers: Workers | None = None, space=None) -> ShapleyEstimate:
     """Monte-Carlo Shapley values of `supernet`'s enabled ops on batches of `source` (see `batch_source`). `done` are
-    rows already scored (a resume). With `workers` (and the `space` that rebuilds the supernet on them) the rest
-    are scored in rounds of one row per worker, `after(all so far)` called after each round (a
-    checkpoint); without, in one round shared out over the ranks under torchrun (the search mode: every rank runs
-    this). Either way the rows, and the passes added to `cost`, are those of one process scoring them in turn."""
+    rows already scored (a resume). The rows are scored in units (`unit_starts`). With `workers` (and the `space` that
+    rebuilds the supernet on them) in rounds of one unit per worker, `after(all rows so far)` called after each
+    round (a checkpoint); without, in one round shared out over the ranks under torchrun (the search mode: every
+    rank runs this). Either way the rows, and the passes added to `cost`, are those of one process scoring them in
+    turn."""
     players = players_of(supernet)
     game = {"players": players, "base": supernet.mixing_weights(detach=True), "opts": opts, "seed": seed,
             "batches": take_batches(source, opts.batches) if opts.fixed else None}
+    rows, wanted = list(done), rows_wanted(opts)
+    bounds = [*unit_starts(opts), wanted]
 
-    def item(j: int) -> tuple[int, list | None]:
-        return j, None if opts.fixed else fresh_batches(source, j, opts.batches)
+    def unit(start: int) -> list[Item]:  # from `start` to the next unit's start
+        stop = next(k for k in bounds if k > start)
+        return [(j, None if opts.fixed else fresh_batches(source, j, opts.batches)) for j in range(start, stop)]
 
-    rows = list(done)
-    wanted = rows_wanted(opts)
-    per_round = workers.count if workers is not None else wanted
     while len(rows) < wanted:
-        js = range(len(rows), min(len(rows) + per_round, wanted))
+        starts = [len(rows), *(k for k in bounds[:-1] if k > len(rows))]
         if workers is None:
-            scored = distributed.rank_map(lambda j: score_permutations(supernet, game, [item(j)])[0], list(js))
+            scored = distributed.rank_map(lambda k: score_permutations(supernet, game, [unit(k)])[0], starts)
         else:
-            scored = workers.map(score_permutations, [item(j) for j in js], supernet, space, game)
-        for row, spent in scored:
-            rows.append(row)
+            scored = workers.map(score_permutations, [unit(k) for k in starts[:workers.count]], supernet, space, game)
+        for unit_rows, spent in scored:
+            rows.extend(unit_rows)
             cost.add(spent)
         if after is not None:
             after(rows)

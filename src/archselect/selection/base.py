@@ -64,7 +64,7 @@ def _is_matrix_map(m: Any) -> bool:
 
 
 def check_selection_record(d: Any) -> None:
-    cost_keys = {"forward": int, "backward": int, "images": int, "seconds": (int, float)}
+    cost_keys = {"forward": int, "backward": int, "passes": int, "images": int, "seconds": (int, float)}
     cost = d.get("cost", {}) if isinstance(d, dict) else None
     ok = (isinstance(d, dict) and isinstance(d.get("selector"), str) and "architecture" in d
           and _is_matrix_map(d.get("scores")) and (d.get("stderr") is None or _is_matrix_map(d["stderr"]))

@@ -52,13 +52,13 @@ def _on_batches(supernet: Supernet, setup: dict[str, Any], batches: list, groups
     # the first setting of each group is new to this evaluator and costs the same passes as any other: compute them
     # together (stacked where the evaluator can) and share their passes out equally
     firsts = ev.many([group[0] for group in groups])
-    first_cost = Cost(forward=cost.forward // len(groups), images=cost.images // len(groups))
+    counted = ("forward", "images", "passes")
+    first_cost = Cost(**{k: getattr(cost, k) // len(groups) for k in counted})
     out = []
     for group, first in zip(groups, firsts):
-        forward, images = cost.forward, cost.images
+        before = {k: getattr(cost, k) for k in counted}
         outcomes = [first, *(ev(w) for w in group[1:])]
-        out.append((outcomes, Cost(forward=first_cost.forward + cost.forward - forward,
-                                   images=first_cost.images + cost.images - images)))
+        out.append((outcomes, Cost(**{k: getattr(first_cost, k) + getattr(cost, k) - before[k] for k in counted})))
     return out
 
 

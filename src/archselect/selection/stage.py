@@ -54,8 +54,9 @@ def run_selectors(cfg: RunConfig, run: RunDir, names: list[str], device: torch.d
         selection = selector.select(ctx)
         _assert_unchanged(ctx.supernet, reference, selector.name)
         atomic_write_json(run.selection_file(selector.name), selection.to_dict())
-        log.info(f"  {selector.name}: {selection.architecture}  ({selection.cost.forward} forward passes, "
-                 f"{selection.cost.seconds:.1f}s)")
+        c = selection.cost
+        packed = f" in {c.passes} network passes" if c.passes not in (0, c.forward) else ""
+        log.info(f"  {selector.name}: {selection.architecture}  ({c.forward} forward passes{packed}, {c.seconds:.1f}s)")
         results[selector.name] = selection
     write_comparison(cfg, run, load_selections(run))
     return results
