@@ -13,6 +13,7 @@ On its supernet the `shapley` selector runs, in process and single-threaded:
                pass (`pack: 1`): the same images, R seeds
   packed       the same rows, S of them advanced together, their coalitions sharing one forward pass of
                `--batch-size` images (`pack: S`): the same scores, bit for bit, in fewer passes
+               (`--estimators-packed`: antithetic and stratified rows the same way)
 
 Columns (medians over the R seeds, except the spread): evaluations (weight settings evaluated on a batch);
 forward passes (the network's calls, `Cost.passes`: the budget that is compared); stderr = the estimator's own standard error, averaged over players; spread = the standard deviation of
@@ -93,6 +94,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--split", type=int, nargs="+", default=[8], help="small-batch rows for each S: S x the "
                    "permutations of batch-size / S images, alone and packed S to a pass")
+    p.add_argument("--estimators-packed", action="store_true", help="antithetic and stratified rows at each split too")
     p.add_argument("--sources", type=int, default=12, help="permutations rescored on 6 batches (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -118,6 +120,9 @@ def main() -> None:
         rows[f"permutation, {small['permutations']} x batch {small['batch_size']}"] = [select(ctx, s, small)
                                                                                        for s in seeds]
         rows[f"the same, packed {split} per pass"] = [select(ctx, s, {**small, "pack": split}) for s in seeds]
+        for estimator in ("antithetic", "stratified") if args.estimators_packed else ():
+            rows[f"{estimator}, the same packed"] = [select(ctx, s, {**small, "pack": split, "estimator": estimator})
+                                                     for s in seeds]
     table = [summarise(name, r, reference, ref_scores, enabled) for name, r in rows.items()]
     base = table[0]["spread"] ** 2
     print(f"shapley on {run.path} ({int(enabled.sum())} players), batch {args.batch_size}; reference: "
