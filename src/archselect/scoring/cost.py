@@ -18,6 +18,11 @@ class Cost:
         self.backward += int(backward)
         self.passes += passes
 
+    @property
+    def shared_passes(self) -> bool:
+        """Whether settings shared network calls (stacked or packed): fewer passes than settings evaluated."""
+        return self.passes not in (0, self.forward)
+
     def add(self, other: "Cost") -> None:
         """Add the passes counted elsewhere (by a worker), not its seconds: wall time is the caller's."""
         self.forward += other.forward

@@ -406,12 +406,13 @@ def _packs(todo: list[tuple[MaskedEvaluator, tuple, dict[str, Plan]]], most: int
     out: list[list] = []
     latest: dict[tuple, list] = {}  # per shape, the group being filled
     for item in todo:
-        group = latest.get(shape(item[0]))
+        kind = shape(item[0])
+        group = latest.get(kind)
         if group is not None and len(group) < most and stacking.union([p for _, _, p in group] + [item[2]]):
             group.append(item)
         else:
-            latest[shape(item[0])] = [item]
-            out.append(latest[shape(item[0])])
+            latest[kind] = [item]
+            out.append(latest[kind])
     return out
 
 

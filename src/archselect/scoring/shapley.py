@@ -314,26 +314,26 @@ def score_permutations(supernet: Supernet, game: dict, units: list[list[Item]]) 
 
 @dataclass
 class _Row:
-    index: int                     # in its unit
-    ev: MaskedEvaluator            # on the row's batches
+    index: int                           # in its unit
+    ev: MaskedEvaluator                  # on the row's batches
     steps: Steps
-    asked: list[list[bool]]        # the coalitions whose values it waits for
+    asked: list[dict[str, torch.Tensor]]  # the mixing weights of the coalitions whose values it waits for
 
 
 def _score_unit(supernet: Supernet, game: dict, unit: list[Item]) -> tuple[list[Permutation], Cost]:
     players, base, opts = game["players"], game["base"], game["opts"]
     cost, waiting, rows, active = Cost(), list(enumerate(unit)), {}, []
 
-    def settings(row: _Row) -> list[dict[str, torch.Tensor]]:
-        return [without(base, players, present) for present in row.asked]
+    def weights(coalitions: list[list[bool]]) -> list[dict[str, torch.Tensor]]:
+        return [without(base, players, present) for present in coalitions]
 
     def answer(row: _Row, values: list[float]) -> bool:
         """Send the row its values, then those its evaluator already knows (removing `none` changes nothing),
         so that a pass holds only coalitions that need one; False once the row has returned."""
         try:
             while values is not None:
-                row.asked = row.steps.send(values)
-                known = row.ev.known(settings(row))
+                row.asked = weights(row.steps.send(values))
+                known = row.ev.known(row.asked)
                 values = None if known is None else [o.accuracy for o in known]
         except StopIteration as done:
             rows[row.index] = done.value
@@ -345,9 +345,8 @@ def _score_unit(supernet: Supernet, game: dict, unit: list[Item]) -> tuple[list[
             i, (j, batches) = waiting.pop(0)
             ev = opts.make_evaluator(supernet, game["batches"] if batches is None else batches, cost)
             steps = row_steps(len(players), opts, game["seed"], j, ev.stack)
-            active.append(_Row(i, ev, steps, next(steps)))
-        outcomes = iter(MaskedEvaluator.packed([(row.ev, w) for row in active for w in settings(row)],
-                                                opts.rows_per_pass))
+            active.append(_Row(i, ev, steps, weights(next(steps))))
+        outcomes = iter(MaskedEvaluator.packed([(row.ev, w) for row in active for w in row.asked], opts.rows_per_pass))
         active = [row for row in active if answer(row, [next(outcomes).accuracy for _ in row.asked])]
     return [rows[i] for i in range(len(unit))], cost
 

@@ -79,8 +79,7 @@ class Comparison:
         if any(u is not None for u in uncertainty):
             lines.append(["score stderr (mean)", *("-" if u is None else f"{u:.4f}" for u in uncertainty)])
         lines.append(["forward passes", *(str(self.selections[n].cost.forward) for n in names)])
-        if any(self.selections[n].cost.passes not in (0, self.selections[n].cost.forward) for n in names):
-            # stacked or packed settings: fewer calls of the network than settings evaluated
+        if any(self.selections[n].cost.shared_passes for n in names):
             lines.append(["network passes", *(str(self.selections[n].cost.passes or "-") for n in names)])
         lines.append(["backward passes", *(str(self.selections[n].cost.backward) for n in names)])
         lines.append(["seconds", *(f"{self.selections[n].cost.seconds:.1f}" for n in names)])

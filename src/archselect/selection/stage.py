@@ -55,7 +55,7 @@ def run_selectors(cfg: RunConfig, run: RunDir, names: list[str], device: torch.d
         _assert_unchanged(ctx.supernet, reference, selector.name)
         atomic_write_json(run.selection_file(selector.name), selection.to_dict())
         c = selection.cost
-        packed = f" in {c.passes} network passes" if c.passes not in (0, c.forward) else ""
+        packed = f" in {c.passes} network passes" if c.shared_passes else ""
         log.info(f"  {selector.name}: {selection.architecture}  ({c.forward} forward passes{packed}, {c.seconds:.1f}s)")
         results[selector.name] = selection
     write_comparison(cfg, run, load_selections(run))
